@@ -1,0 +1,166 @@
+"""SQLAlchemy 2 schema of an atlas.
+
+One shape serves vision and language models: a *layer* is any hook point (a conv block's output, ``3.mlp.post_act``),
+a *unit* is one channel or neuron of it. What we learn about a unit attaches to it in its own table:
+
+- ``unit_images``  — rendered pictures of the unit (feature visualisations by objective, later caricatures);
+- ``examples``     — ranked dataset examples (image crops or token windows);
+- ``edges``        — weighted connections between units (direct or expanded weights, circuit edges);
+- ``circuits`` / ``circuit_nodes`` — pruned task circuits of sparse language models and the units they keep.
+
+Pictures and other payloads live in ``assets``, keyed by the sha256 of their bytes (see ``store.atlas``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Bump when a change to the tables makes older atlases unreadable by this code.
+FORMAT_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the atlas itself (format version)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(128), unique=True)
+    title: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))  # "vision" | "language"
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(Text, default="")  # where the weights came from
+    # Free-form model card: metrics (held-out accuracy), classes, weights sha256, training command, input size.
+    card: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    layers: Mapped[list[Layer]] = relationship(back_populates="model", order_by="Layer.position")
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))  # URL-safe op name, e.g. "mixed4c" or "3.mlp.post_act"
+    position: Mapped[int] = mapped_column(Integer)  # order in the forward pass
+    kind: Mapped[str] = mapped_column(String(64))  # "conv", "mlp.post_act", "attn.q", ...
+    n_units: Mapped[int] = mapped_column(Integer)
+    shape: Mapped[list[Any]] = mapped_column(default=list)  # activation shape of one input, e.g. [C, H, W]
+    description: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[Model] = relationship(back_populates="layers")
+
+
+class Unit(Base):
+    __tablename__ = "units"
+    __table_args__ = (UniqueConstraint("layer_id", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(Text, default=None)  # human or automatic explanation
+    # Activation statistics over the model's dataset sample: mean, std, max of the unit's spatial mean.
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Asset(Base):
+    """An immutable blob, named by the sha256 of its bytes."""
+
+    __tablename__ = "assets"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer, default=None)
+    height: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class UnitImage(Base):
+    """A picture of a unit: a feature visualisation under one objective ("channel", "neuron", ...)."""
+
+    __tablename__ = "unit_images"
+    __table_args__ = (UniqueConstraint("unit_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    asset_sha256: Mapped[str] = mapped_column(ForeignKey("assets.sha256"))
+    # How it was made: objective, steps, size, seed, lr, transforms, batch.
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    activation: Mapped[float | None] = mapped_column(Float, default=None)  # the unit's objective on this image
+    asset: Mapped[Asset] = relationship(lazy="joined")
+
+
+class Example(Base):
+    """A ranked dataset example of a unit: an image crop or a token window, with where it came from."""
+
+    __tablename__ = "examples"
+    __table_args__ = (UniqueConstraint("unit_id", "kind", "rank"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))  # "top", "bottom", "random"
+    rank: Mapped[int] = mapped_column(Integer)
+    activation: Mapped[float] = mapped_column(Float)
+    asset_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)
+    # Provenance and payload: {"dataset", "item", "cell": [y, x]} for images, {"tokens", "values"} for text.
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Edge(Base):
+    """A weighted connection from a unit it reads from (src) to the unit that reads it (dst)."""
+
+    __tablename__ = "edges"
+    __table_args__ = (UniqueConstraint("src_unit_id", "dst_unit_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    src_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    dst_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))  # "weight", "expanded_weight", "circuit"
+    weight: Mapped[float] = mapped_column(Float)
+    asset_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)  # e.g. kernel image
+
+
+class Circuit(Base):
+    """A task circuit found by pruning: the smallest node set that keeps the task loss under target."""
+
+    __tablename__ = "circuits"
+    __table_args__ = (UniqueConstraint("model_id", "slug"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    slug: Mapped[str] = mapped_column(String(128))
+    task: Mapped[str] = mapped_column(String(128))
+    target_loss: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float] = mapped_column(Float)
+    n_nodes: Mapped[int] = mapped_column(Integer)
+    n_edges: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # k_coef, steps, ablation, faithfulness
+    graph_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)  # graph JSON
+
+
+class CircuitNode(Base):
+    __tablename__ = "circuit_nodes"
+    circuit_id: Mapped[int] = mapped_column(ForeignKey("circuits.id"), primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), primary_key=True, index=True)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # mask logit tau or attribution
+
+
+class Run(Base):
+    """One precompute invocation, for provenance on the model page."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
