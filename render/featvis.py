@@ -1,0 +1,87 @@
+"""Feature visualisation by optimisation (lucid's recipe), many units of one layer rendered as one batch.
+
+Batch slot ``b`` is optimised for ``units[b]``; slots never interact (the loss is a sum of per-slot terms and the model
+is in eval mode), so one batch costs about one forward/backward of the network cut at the target layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from render.hooks import activations
+from render.lucent_compat import fft_decorrelated_image, seeded, standard_transforms
+
+# An objective maps a layer's activations [batch, channels, h, w] and one unit per slot [batch] to a score per slot.
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def channel(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Mean activation of the slot's channel over all positions."""
+    return acts[torch.arange(len(units)), units].mean(dim=(-2, -1))
+
+
+def neuron(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Activation of the slot's channel at the centre position."""
+    h, w = acts.shape[-2:]
+    return acts[torch.arange(len(units)), units, h // 2, w // 2]
+
+
+OBJECTIVES: dict[str, Objective] = {"channel": channel, "neuron": neuron}
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    steps: int = 512
+    size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Rendered:
+    images: torch.Tensor  # [batch, 3, size, size] in [0, 1], on the CPU
+    activations: torch.Tensor  # [batch] the objective of each slot's unit on its final, untransformed image
+    params: dict  # how the batch was made, to record beside every image
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no weight gradients for the duration; both restored afterwards."""
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+
+
+def render_units(model: nn.Module, layer: nn.Module, units: Sequence[int], objective: str, config: RenderConfig,
+                 device: torch.device | str = "cpu") -> Rendered:
+    """Optimise one image per unit of ``layer`` for ``objective`` ("channel" or "neuron")."""
+    device = torch.device(device)
+    score = OBJECTIVES[objective]
+    slots = torch.tensor(list(units), device=device)
+    target = {"layer": layer}
+    with _frozen(model), seeded(config.seed):
+        params, image = fft_decorrelated_image(config.size, len(slots), device)
+        transform, described = standard_transforms(config.size / 224, device)
+        optimiser = torch.optim.Adam(params, lr=config.lr)
+        for _ in range(config.steps):
+            optimiser.zero_grad()
+            loss = -score(activations(model, target, transform(image()))["layer"], slots).sum()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            final = image()
+            achieved = score(activations(model, target, final)["layer"], slots)
+    params = {**asdict(config), "objective": objective, "param": "fft+decorrelate", "transforms": described,
+              "optimizer": "adam", "batch": list(units)}
+    return Rendered(final.cpu(), achieved.cpu(), params)
