@@ -1,0 +1,38 @@
+"""Every URL the site links to is built here, so pages, JSON twins and templates agree on one scheme.
+
+A page at ``/path`` has its JSON twin at ``/path.json`` (the index ``/`` at ``/.json``).
+"""
+
+import mimetypes
+from urllib.parse import quote
+
+
+def json_url(url: str) -> str:
+    path, sep, query = url.partition("?")
+    return f"{path}.json{sep}{query}"
+
+
+def model_url(model: str) -> str:
+    return f"/models/{quote(model, safe='')}"
+
+
+def layer_url(model: str, layer: str) -> str:
+    return f"{model_url(model)}/{quote(layer, safe='')}"
+
+
+def layer_page_url(model: str, layer: str, page: int) -> str:
+    return layer_url(model, layer) + (f"?page={page}" if page > 1 else "")
+
+
+def unit_url(model: str, layer: str, index: int) -> str:
+    return f"{layer_url(model, layer)}/{index}"
+
+
+def asset_url(sha256: str, media_type: str) -> str:
+    """Blobs are addressed by hash; the extension only helps people who save the file."""
+    return f"/assets/{sha256}{mimetypes.guess_extension(media_type) or ''}"
+
+
+def links(url: str) -> dict[str, str]:
+    """The ``url``/``json_url`` pair every linked thing carries in a JSON twin."""
+    return {"url": url, "json_url": json_url(url)}
