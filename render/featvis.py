@@ -38,7 +38,7 @@ OBJECTIVES: dict[str, Objective] = {"channel": channel, "neuron": neuron}
 class RenderConfig:
     steps: int = 512
     size: int = 64
-    lr: float = 0.05
+    lr: float = 0.1  # lucid's 0.05 is tuned for 224 px; small images need a larger step (bench/featvis_lr.py)
     seed: int = 0
 
 

@@ -1,0 +1,157 @@
+"""The `atlascope` command. Torch is imported only by the commands that render, so `models` and `serve` work on a
+base install."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from precompute.plan import PlanError, parse_units, select
+from precompute.registry import DEFAULT_MODEL, REGISTRY, get_model
+
+app = typer.Typer(help="Build and serve an atlas of what the units of neural networks compute.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+err = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the registered models: slug, kind, layers, units and where the weights come from."""
+    summaries = [spec.summary() for spec in REGISTRY.values()]
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+        return
+    table = Table("slug", "kind", "layers", "units", "weights")
+    for s in summaries:
+        table.add_row(s["slug"], s["kind"], ", ".join(l["name"] for l in s["layers"]), str(s["units"]), s["source"])
+    Console().print(table)
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise fail("precomputing needs torch: pip install 'atlascope[precompute]'") from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise fail(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu")
+    return name
+
+
+@app.command()
+def precompute(
+    slug: str = typer.Argument(..., help="Model to precompute (see `atlascope models`)."),
+    atlas: Path = typer.Option(..., "--atlas", help="Atlas directory (created if missing)."),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated layer names (default: all)."),
+    units: Optional[str] = typer.Option(None, help="Units of each layer, e.g. 0-15,20 (default: all)."),
+    steps: int = typer.Option(512, min=1, help="Optimisation steps per image."),
+    size: int = typer.Option(64, min=8, help="Image side in pixels."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate (default: render.featvis's, 0.1)."),
+    objectives: str = typer.Option("channel", help="Comma-separated: channel, neuron."),
+    batch_size: int = typer.Option(32, min=1, help="Units rendered together in one batch."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Render feature visualisations into an atlas. Resumable: rerun the same command after an interrupt."""
+    try:
+        spec = get_model(slug)
+        selection = select(spec, layers.split(",") if layers else None, parse_units(units) if units else None)
+    except (KeyError, PlanError) as exc:
+        raise fail(exc.args[0]) from None
+    chosen = objectives.split(",")
+    _require_torch()
+    from render.featvis import OBJECTIVES, RenderConfig
+
+    if unknown := set(chosen) - set(OBJECTIVES):
+        raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
+    config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
+    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device))
+
+
+def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from precompute import job
+    from precompute.loaders import WeightsError
+    from store import AtlasError
+
+    request = job.Request(spec=spec, atlas=atlas, selection=selection, objectives=objectives, render=render,
+                          batch_size=batch_size, device=device)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task(f"{spec.slug}", total=None)
+
+        def on_plan(total: int, todo: int) -> None:
+            progress.update(task, total=todo)
+            progress.console.print(f"{spec.slug}: {total} images planned, {total - todo} already in {atlas}, "
+                                   f"{todo} to render on {device}")
+
+        def on_batch(batch) -> None:
+            progress.update(task, advance=len(batch.units), description=f"{spec.slug} {batch.layer.name} {batch.objective}")
+
+        try:
+            job.run(request, on_plan, on_batch)
+        except KeyboardInterrupt:
+            raise fail("interrupted; finished batches are saved. Run the same command again to resume.", 130) from None
+        except (WeightsError, AtlasError) as exc:
+            raise fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    atlas: Path = typer.Option(Path("atlas"), "--atlas", help="Atlas directory to serve (read-only)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+) -> None:
+    """Serve an atlas over HTTP (no torch needed)."""
+    import uvicorn
+
+    from server.app import create_app
+    from store import AtlasError
+
+    try:
+        web = create_app(atlas)
+    except AtlasError as exc:
+        raise fail(str(exc)) from None
+    err.print(f"serving {atlas} at http://{host}:{port}/")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def demo(
+    atlas: Path = typer.Option(Path("atlas"), "--atlas", help="Where to build the demo atlas."),
+    steps: int = typer.Option(128, min=1, help="Optimisation steps per image."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Precompute the embedded default model into ATLAS (resuming if it exists), then serve it."""
+    _require_torch()
+    from render.featvis import RenderConfig
+
+    spec = get_model(DEFAULT_MODEL)
+    _run_precompute(spec, atlas, select(spec, None, None), ["channel", "neuron"], RenderConfig(steps=steps), 32,
+                    _device(device))
+    serve(atlas=atlas, host=host, port=port)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""Load registered models and their dataset samples. Weights are local files: a missing or altered file is an error
+that says where the file belongs and how to make it, never a download."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from precompute.registry import TINYVISION
+
+
+class WeightsError(Exception):
+    pass
+
+
+def verified_state_dict(path: Path, sha256: str | None, remedy: str) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"weights not found at {path}. {remedy}")
+    if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise WeightsError(f"weights at {path} do not match sha256 {sha256} from the model card. {remedy}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_tinyvision() -> torch.nn.Module:
+    from precompute.datasets.patterns import CLASSES
+    from precompute.organisms.tinyvision import TinyVision
+
+    card = TINYVISION.card()
+    model = TinyVision(len(CLASSES))
+    model.load_state_dict(verified_state_dict(
+        TINYVISION.card_file.with_name(card["weights"]["file"]), card["weights"]["sha256"],
+        "Recreate it with `python -m precompute.organisms.train_tinyvision`."))
+    return model.eval()
+
+
+def tinyvision_sample() -> torch.Tensor:
+    """Held-out images, 30 per class: [510, 3, 64, 64] in [0, 1]."""
+    from precompute.datasets.patterns import CLASSES, make_batch
+    from precompute.organisms.train_tinyvision import to_tensor
+
+    return to_tensor(make_batch(30 * len(CLASSES), "test", seed=0).images)
