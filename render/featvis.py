@@ -15,6 +15,7 @@ from torch import nn
 
 from render.hooks import activations
 from render.lucent_compat import fft_decorrelated_image, seeded, standard_transforms
+from render.relu import redirected_relus
 
 # An objective maps a layer's activations [batch, channels, h, w] and one unit per slot [batch] to a score per slot.
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,16 +73,19 @@ def render_units(model: nn.Module, layer: nn.Module, units: Sequence[int], objec
     target = {"layer": layer}
     with _frozen(model), seeded(config.seed):
         params, image = fft_decorrelated_image(config.size, len(slots), device)
-        transform, described = standard_transforms(config.size / 224, device)
+        with torch.no_grad():
+            stride = max(1, config.size // activations(model, target, image())["layer"].shape[-1])
+        transform, described = standard_transforms(config.size / 224, device, stride)
         optimiser = torch.optim.Adam(params, lr=config.lr)
-        for _ in range(config.steps):
-            optimiser.zero_grad()
-            loss = -score(activations(model, target, transform(image()))["layer"], slots).sum()
-            loss.backward()
-            optimiser.step()
+        with redirected_relus(model):
+            for _ in range(config.steps):
+                optimiser.zero_grad()
+                loss = -score(activations(model, target, transform(image()))["layer"], slots).sum()
+                loss.backward()
+                optimiser.step()
         with torch.no_grad():
             final = image()
             achieved = score(activations(model, target, final)["layer"], slots)
     params = {**asdict(config), "objective": objective, "param": "fft+decorrelate", "transforms": described,
-              "optimizer": "adam", "batch": list(units)}
+              "optimizer": "adam", "relu_gradient": "redirected", "batch": list(units)}
     return Rendered(final.cpu(), achieved.cpu(), params)

@@ -49,13 +49,16 @@ def fft_decorrelated_image(size: int, batch: int, device: torch.device) -> tuple
     return params, image
 
 
-def standard_transforms(scale: float, device: torch.device) -> tuple[Transform, list[str]]:
+def standard_transforms(scale: float, device: torch.device, stride: int = 1) -> tuple[Transform, list[str]]:
     """Lucid's robustness transforms (pad, jitter, scale, rotate, jitter) with pixel offsets times ``scale``.
 
-    ``scale`` = image size / 224 keeps the recipe's proportions on small images. Returns the composed transform and a
-    description of it to record beside every image.
+    ``scale`` = image size / 224 keeps the recipe's proportions on small images. The pad is rounded up to a multiple
+    of the target layer's ``stride`` so the centre position of the padded activation map sits over the same pixels as
+    on the unpadded image (otherwise a neuron objective optimises a neighbour of the unit it reports). Returns the
+    composed transform and a description of it to record beside every image.
     """
-    pad, jitter1, jitter2 = max(2, round(12 * scale)), max(2, round(8 * scale)), max(2, round(4 * scale))
+    pad = -(-max(2, round(12 * scale)) // stride) * stride
+    jitter1, jitter2 = max(2, round(8 * scale)), max(2, round(4 * scale))
     scales = [1 + (i - 5) / 50.0 for i in range(11)]
     angles = list(range(-10, 11)) + 5 * [0]
     pieces = [

@@ -21,48 +21,54 @@ from store.schema import Asset, Model
 
 router = APIRouter()
 
+
+def page(path: str, **kwargs: Any):
+    """A read-only route: GET, and HEAD for link checkers and caches (the server sends headers only)."""
+    return router.api_route(path, methods=["GET", "HEAD"], **kwargs)
+
+
 SHA256 = re.compile(r"[0-9a-f]{64}")
 IMMUTABLE = "public, max-age=31536000, immutable"  # a blob's URL is its hash: it can never change
 
 
-@router.get("/.json", tags=["json"], summary="All models")
+@page("/.json", tags=["json"], summary="All models")
 def index_json(session: SessionDep) -> dict[str, Any]:
     return pages.index_page(session)
 
 
-@router.get("/", response_class=HTMLResponse, tags=["html"])
+@page("/", response_class=HTMLResponse, tags=["html"])
 def index_html(request: Request, session: SessionDep) -> HTMLResponse:
     return render_page(request, "index.html", pages.index_page(session))
 
 
-@router.get("/models/{model}.json", tags=["json"], summary="A model card and its layers")
+@page("/models/{model}.json", tags=["json"], summary="A model card and its layers")
 def model_json(model: str, session: SessionDep) -> dict[str, Any]:
     return pages.model_page(session, model)
 
 
-@router.get("/models/{model}", response_class=HTMLResponse, tags=["html"])
+@page("/models/{model}", response_class=HTMLResponse, tags=["html"])
 def model_html(request: Request, model: str, session: SessionDep) -> HTMLResponse:
     return render_page(request, "model.html", pages.model_page(session, model))
 
 
-@router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units")
+@page("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units")
 def layer_json(model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1") -> dict[str, Any]:
     return pages.layer_page(session, model, layer, page, settings.per_page)
 
 
-@router.get("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"])
+@page("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"])
 def layer_html(
     request: Request, model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1"
 ) -> HTMLResponse:
     return render_page(request, "layer.html", pages.layer_page(session, model, layer, page, settings.per_page))
 
 
-@router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours")
+@page("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours")
 def unit_json(model: str, layer: str, unit: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     return pages.unit_page(session, model, layer, unit, settings.per_page)
 
 
-@router.get("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"])
+@page("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"])
 def unit_html(
     request: Request, model: str, layer: str, unit: str, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
@@ -74,7 +80,7 @@ def etag_matches(if_none_match: str | None, sha256: str) -> bool:
     return "*" in tags or f'"{sha256}"' in tags
 
 
-@router.get("/assets/{name}", tags=["assets"], summary="A blob by sha256, optionally with an extension")
+@page("/assets/{name}", tags=["assets"], summary="A blob by sha256, optionally with an extension")
 def asset(name: str, request: Request, session: SessionDep, atlas: AtlasDep) -> Response:
     sha256 = name.partition(".")[0]
     row = session.get(Asset, sha256) if SHA256.fullmatch(sha256) else None
@@ -89,7 +95,7 @@ def asset(name: str, request: Request, session: SessionDep, atlas: AtlasDep) -> 
     return FileResponse(path, media_type=row.media_type, headers=headers)
 
 
-@router.get("/-/health", tags=["meta"], summary="Liveness and what is served")
+@page("/-/health", tags=["meta"], summary="Liveness and what is served")
 def health(session: SessionDep) -> dict[str, Any]:
     models = session.scalar(select(func.count()).select_from(Model))
     return {"status": "ok", "models": models, "format_version": FORMAT_VERSION}

@@ -42,6 +42,29 @@ def test_rendered_images_drive_their_units_far_above_the_dataset(atlas_dir: Path
     assert sum(act > top for _, _, act, _, _, top in rows) >= 0.6 * len(rows)
 
 
+def test_neuron_objectives_escape_dead_starts(atlas_dir: Path):
+    """Without redirected ReLU gradients and a stride-aligned pad, about half of these stayed at exactly zero."""
+    with sqlite3.connect(f"file:{atlas_dir / 'atlas.db'}?mode=ro", uri=True) as db:
+        acts = [a for (a,) in db.execute("SELECT activation FROM unit_images WHERE kind = 'neuron'")]
+    assert len(acts) == 24
+    assert sum(a > 0 for a in acts) >= 0.9 * len(acts)  # a few border units cannot fire at the centre at all
+
+
+def test_redirected_relu_changes_gradients_not_values(model: torch.nn.Module):
+    from render.relu import redirected_relus
+
+    x = torch.full((1, 3, 64, 64), 0.5, requires_grad=True)
+    plain = model.conv4(model.pool(model.conv3(model.pool(model.conv2(model.pool(model.conv1(x)))))))
+    with redirected_relus(model):
+        redirected = model.conv4(model.pool(model.conv3(model.pool(model.conv2(model.pool(model.conv1(x)))))))
+    assert torch.equal(plain, redirected) and hook_count(model) == 0
+    dead = (plain[0, :, 4, 4] == 0).nonzero()[0, 0]  # a unit switched off at the centre of a flat grey image
+    # Gradients of the loss that featvis minimises: minus the activation.
+    grad_plain, = torch.autograd.grad(-plain[0, dead, 4, 4], x)
+    grad_redirected, = torch.autograd.grad(-redirected[0, dead, 4, 4], x)
+    assert grad_plain.abs().sum() == 0 < grad_redirected.abs().sum()
+
+
 def test_images_record_how_they_were_made(atlas_dir: Path):
     with sqlite3.connect(f"file:{atlas_dir / 'atlas.db'}?mode=ro", uri=True) as db:
         params = [p for (p,) in db.execute("SELECT params FROM unit_images")]
@@ -50,6 +73,7 @@ def test_images_record_how_they_were_made(atlas_dir: Path):
     for p in map(json.loads, params):
         assert p["objective"] in ("channel", "neuron") and p["steps"] == 128 and p["size"] == 64
         assert p["seed"] == 0 and p["param"] == "fft+decorrelate" and len(p["transforms"]) == 5
+        assert p["relu_gradient"] == "redirected"
         assert len(p["weights_sha256"]) == 64
 
 

@@ -251,3 +251,11 @@ def test_never_writes(client: httpx.Client, atlas_dir: Path, model: dict, layer:
         client.get(url)
         client.get(url.partition("?")[0] + ".json")
     assert snapshot() == before
+
+
+def test_head_answers_like_get(client: httpx.Client, unit: dict):
+    for url in (unit["url"], unit["json_url"], unit["images"][0]["url"]):
+        head, get = client.head(url), client.get(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head(unit["images"][0]["url"]).headers["cache-control"].endswith("immutable")
