@@ -68,6 +68,7 @@ def precompute(
     batch_size: int = typer.Option(32, min=1, help="Units rendered together in one batch."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    force: bool = typer.Option(False, "--force", help="Re-render images already in the atlas and replace them."),
 ) -> None:
     """Render feature visualisations into an atlas. Resumable: rerun the same command after an interrupt."""
     try:
@@ -82,10 +83,11 @@ def precompute(
     if unknown := set(chosen) - set(OBJECTIVES):
         raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
     config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
-    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device))
+    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device), force)
 
 
-def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str) -> None:
+def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str,
+                    force: bool = False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from precompute import job
@@ -93,7 +95,7 @@ def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size
     from store import AtlasError
 
     request = job.Request(spec=spec, atlas=atlas, selection=selection, objectives=objectives, render=render,
-                          batch_size=batch_size, device=device)
+                          batch_size=batch_size, device=device, force=force)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err) as progress:
@@ -108,11 +110,12 @@ def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size
             progress.update(task, advance=len(batch.units), description=f"{spec.slug} {batch.layer.name} {batch.objective}")
 
         try:
-            job.run(request, on_plan, on_batch)
+            rendered = job.run(request, on_plan, on_batch)
         except KeyboardInterrupt:
             raise fail("interrupted; finished batches are saved. Run the same command again to resume.", 130) from None
         except (WeightsError, AtlasError) as exc:
             raise fail(str(exc)) from None
+    err.print(f"{spec.slug}: {rendered} images rendered into {atlas}; browse with `atlascope serve --atlas {atlas}`")
 
 
 @app.command()

@@ -33,11 +33,12 @@ class Request:
     render: RenderConfig = RenderConfig()
     batch_size: int = 32
     device: str = "cpu"
+    force: bool = False  # re-render images that exist (e.g. with other settings) and replace them
 
     def config(self) -> dict:
         return {"layers": {layer.name: len(units) for layer, units in self.selection},
                 "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size,
-                "device": self.device}
+                "device": self.device, "force": self.force}
 
 
 def _ensure_model(session: Session, spec: ModelSpec) -> Model:
@@ -94,14 +95,18 @@ def _pending(atlas: Atlas, model: Model, planned: list[Batch]) -> list[Batch]:
     return [b for b in planned if any((b.layer.name, u, b.objective) not in done for u in b.units)]
 
 
-def _save_batch(atlas: Atlas, model: Model, batch: Batch, rendered, weights: str) -> None:
+def _save_batch(atlas: Atlas, model: Model, batch: Batch, rendered, weights: str, replace: bool) -> None:
+    """Store a rendered batch in one transaction: new images are added, existing ones kept unless ``replace``."""
     with atlas.sessions.begin() as session:
         unit_ids = _unit_ids(session, model, batch.layer.name)
-        done = set(session.scalars(select(UnitImage.unit_id).where(
-            UnitImage.kind == batch.objective, UnitImage.unit_id.in_(unit_ids.values()))))
+        existing = {image.unit_id: image for image in session.scalars(select(UnitImage).where(
+            UnitImage.kind == batch.objective, UnitImage.unit_id.in_(unit_ids.values())))}
         for unit, image, activation in zip(batch.units, rendered.images, rendered.activations.tolist()):
-            if unit_ids[unit] in done:
-                continue
+            if unit_ids[unit] in existing:
+                if not replace:
+                    continue
+                session.delete(existing[unit_ids[unit]])
+                session.flush()
             png = to_png(image)
             sha = atlas.put_blob(png)
             if session.get(Asset, sha) is None:
@@ -121,7 +126,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
         run_row = Run(model_id=model.id, config=request.config())
         session.add(run_row)
     planned = batches(request.selection, request.objectives, request.batch_size)
-    todo = _pending(atlas, model, planned)
+    todo = planned if request.force else _pending(atlas, model, planned)
     on_plan(sum(len(b.units) for b in planned), sum(len(b.units) for b in todo))
     device = torch.device(request.device)
     net = request.spec.load().to(device)
@@ -130,7 +135,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     for batch in todo:
         layer = net.get_submodule(batch.layer.module)
         rendered = render_units(net, layer, batch.units, batch.objective, request.render, device)
-        _save_batch(atlas, model, batch, rendered, weights)
+        _save_batch(atlas, model, batch, rendered, weights, request.force)
         on_batch(batch)
     with atlas.sessions.begin() as session:
         session.get(Run, run_row.id).finished_at = utcnow()

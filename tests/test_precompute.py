@@ -106,3 +106,23 @@ def test_models_lists_the_registry():
     assert tiny["kind"] == "vision" and tiny["units"] == 320
     assert [l["name"] for l in tiny["layers"]] == ["conv1", "conv2", "conv3", "conv4"]
     assert "tinyvision.pt" in tiny["source"]
+
+
+def test_force_replaces_only_the_selection(atlas_dir: Path, tmp_path: Path):
+    import shutil
+
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    before = images(atlas)
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), "--layers", "conv1", "--units", "0-3",
+                     "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--device", "cpu", "--force")
+    assert done.returncode == 0, done.stderr
+    after = images(atlas)
+    changed = {(layer, unit, kind) for layer, unit, kind, _ in after - before}
+    assert changed == {("conv1", unit, "channel") for unit in range(4)} and len(after) == len(before)
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        steps = db.execute("SELECT json_extract(params, '$.steps') FROM unit_images i JOIN units u ON u.id = i.unit_id "
+                           "JOIN layers l ON l.id = u.layer_id WHERE l.name = 'conv1' AND i.kind = 'channel' "
+                           "AND u.[index] < 4").fetchall()
+    assert steps == [(8,)] * 4
+    assert_consistent(atlas)
