@@ -34,6 +34,10 @@ def neuron(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
 
 OBJECTIVES: dict[str, Objective] = {"channel": channel, "neuron": neuron}
 
+# Redirected ReLU gradients are for escaping dead starts; past the first quarter of the steps they change nothing we
+# measured (same activations, same dead count on TinyVision) and cost about 65% more per step.
+REDIRECTED_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -77,15 +81,22 @@ def render_units(model: nn.Module, layer: nn.Module, units: Sequence[int], objec
             stride = max(1, config.size // activations(model, target, image())["layer"].shape[-1])
         transform, described = standard_transforms(config.size / 224, device, stride)
         optimiser = torch.optim.Adam(params, lr=config.lr)
+
+        def step() -> None:
+            optimiser.zero_grad()
+            loss = -score(activations(model, target, transform(image()))["layer"], slots).sum()
+            loss.backward()
+            optimiser.step()
+
+        warm = int(config.steps * REDIRECTED_FRACTION)
         with redirected_relus(model):
-            for _ in range(config.steps):
-                optimiser.zero_grad()
-                loss = -score(activations(model, target, transform(image()))["layer"], slots).sum()
-                loss.backward()
-                optimiser.step()
+            for _ in range(warm):
+                step()
+        for _ in range(config.steps - warm):
+            step()
         with torch.no_grad():
             final = image()
             achieved = score(activations(model, target, final)["layer"], slots)
     params = {**asdict(config), "objective": objective, "param": "fft+decorrelate", "transforms": described,
-              "optimizer": "adam", "relu_gradient": "redirected", "batch": list(units)}
+              "optimizer": "adam", "relu_gradient": f"redirected for the first {warm} steps", "batch": list(units)}
     return Rendered(final.cpu(), achieved.cpu(), params)
