@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from server.errors import NotFound
-from server.urls import asset_url, layer_page_url, layer_url, links, model_url, unit_url
+from server.urls import DEFAULT_KIND, asset_url, layer_page_url, layer_url, links, model_url, unit_url
 from store import FORMAT_VERSION
 from store.schema import Asset, Circuit, CircuitNode, Edge, Example, Layer, Model, Run, Unit, UnitImage
 
-THUMB_KIND = "channel"  # the image kind shown in layer grids and counted as "rendered"
+THUMB_KIND = DEFAULT_KIND  # the image kind shown in layer grids by default and counted as "rendered"
 MAX_EDGES = 24  # strongest connections listed per direction on a unit page
 
 # -- lookups that 404 with a precise message ------------------------------------------------------------------------
@@ -161,21 +161,25 @@ def model_page(session: Session, slug: str) -> dict[str, Any]:
     }
 
 
-def layer_page(session: Session, slug: str, name: str, page: str, per_page: int) -> dict[str, Any]:
+def layer_page(session: Session, slug: str, name: str, page: str, per_page: int, kind: str = THUMB_KIND) -> dict[str, Any]:
     model = find_model(session, slug)
     layer = find_layer(session, model, name)
+    kinds = sorted({THUMB_KIND, *session.scalars(
+        select(UnitImage.kind).join(Unit).where(Unit.layer_id == layer.id).distinct())})
+    if kind not in kinds:
+        raise NotFound(f"image kind {kind!r} not found in layer {layer.name!r}; it has: {', '.join(kinds)}")
     pages = max(1, math.ceil(layer.n_units / per_page))
     number = parse_page(page, pages)
     start, stop = (number - 1) * per_page, min(number * per_page, layer.n_units)
     rows = session.execute(
         select(Unit, UnitImage)
-        .outerjoin(UnitImage, (UnitImage.unit_id == Unit.id) & (UnitImage.kind == THUMB_KIND))
+        .outerjoin(UnitImage, (UnitImage.unit_id == Unit.id) & (UnitImage.kind == kind))
         .where(Unit.layer_id == layer.id, Unit.index >= start, Unit.index < stop)
     ).all()
     found = {unit.index: (unit, image) for unit, image in rows}
 
     def page_ref(n: int) -> dict[str, Any]:
-        return {"page": n, **links(layer_page_url(model.slug, layer.name, n))}
+        return {"page": n, **links(layer_page_url(model.slug, layer.name, n, kind))}
 
     def unit_entry(index: int) -> dict[str, Any]:
         unit, image = found.get(index, (None, None))
@@ -187,9 +191,11 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int)
 
     n_rendered = rendered_counts(session, Layer.id, Layer.id == layer.id).get(layer.id, 0)
     return {
-        **links(layer_page_url(model.slug, layer.name, number)),
+        **links(layer_page_url(model.slug, layer.name, number, kind)),
         "model": model_ref(model),
         "layer": {**layer_ref(model, layer), "n_rendered": n_rendered},
+        "kind": kind,
+        "kinds": [{"kind": k, **links(layer_page_url(model.slug, layer.name, number, k))} for k in kinds],
         "page": {
             "page": number,
             "per_page": per_page,

@@ -16,6 +16,7 @@ from server import pages
 from server.deps import AtlasDep, SessionDep, SettingsDep
 from server.errors import NotFound
 from server.templating import render_page
+from server.urls import DEFAULT_KIND
 from store import FORMAT_VERSION
 from store.schema import Asset, Model
 
@@ -52,15 +53,19 @@ def model_html(request: Request, model: str, session: SessionDep) -> HTMLRespons
 
 
 @page("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units")
-def layer_json(model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1") -> dict[str, Any]:
-    return pages.layer_page(session, model, layer, page, settings.per_page)
+def layer_json(
+    model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1", kind: str = DEFAULT_KIND
+) -> dict[str, Any]:
+    return pages.layer_page(session, model, layer, page, settings.per_page, kind)
 
 
 @page("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"])
 def layer_html(
-    request: Request, model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1"
+    request: Request, model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1",
+    kind: str = DEFAULT_KIND,
 ) -> HTMLResponse:
-    return render_page(request, "layer.html", pages.layer_page(session, model, layer, page, settings.per_page))
+    page_data = pages.layer_page(session, model, layer, page, settings.per_page, kind)
+    return render_page(request, "layer.html", page_data)
 
 
 @page("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours")

@@ -4,7 +4,7 @@ A page at ``/path`` has its JSON twin at ``/path.json`` (the index ``/`` at ``/.
 """
 
 import mimetypes
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 
 def json_url(url: str) -> str:
@@ -20,8 +20,13 @@ def layer_url(model: str, layer: str) -> str:
     return f"{model_url(model)}/{quote(layer, safe='')}"
 
 
-def layer_page_url(model: str, layer: str, page: int) -> str:
-    return layer_url(model, layer) + (f"?page={page}" if page > 1 else "")
+DEFAULT_KIND = "channel"  # the image kind a layer grid shows unless ?kind= asks for another
+
+
+def layer_page_url(model: str, layer: str, page: int, kind: str = DEFAULT_KIND) -> str:
+    query = {key: value for key, value in (("page", page if page > 1 else None),
+                                           ("kind", kind if kind != DEFAULT_KIND else None)) if value is not None}
+    return layer_url(model, layer) + (f"?{urlencode(query)}" if query else "")
 
 
 def unit_url(model: str, layer: str, index: int) -> str:

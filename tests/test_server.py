@@ -199,6 +199,24 @@ def test_page_values(client: httpx.Client, layer: dict):
     assert client.get(layer["layer"]["url"], params={"page": "abc"}).status_code == 404
 
 
+def test_layer_grid_by_image_kind(client: httpx.Client, layer: dict):
+    """The grid shows channel images by default and any other kind the layer has on request, keeping ?kind= in links."""
+    assert layer["kind"] == "channel" and [k["kind"] for k in layer["kinds"]] == ["channel", "neuron"]
+    neuron = client.get(layer["kinds"][1]["json_url"]).json()
+    assert neuron["kind"] == "neuron" and neuron["json_url"] == layer["layer"]["json_url"] + "?kind=neuron"
+    shown = {u["index"]: u["image"]["sha256"] for u in neuron["units"] if u["image"]}
+    assert shown and shown.keys() == {u["index"] for u in layer["units"] if u["image"]}
+    for index, sha in shown.items():
+        unit = client.get(neuron["units"][index]["json_url"]).json()
+        assert sha == next(i["sha256"] for i in unit["images"] if i["kind"] == "neuron")
+    html = client.get(layer["kinds"][1]["url"])
+    assert html.status_code == 200 and 'aria-current="true">neuron<' in html.text
+    missing = client.get(layer["layer"]["json_url"], params={"kind": "deepdream"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == (
+        f"image kind 'deepdream' not found in layer '{layer['layer']['name']}'; it has: channel, neuron")
+
+
 def test_pagination(atlas_dir: Path, monkeypatch: pytest.MonkeyPatch, layer: dict):
     """With a small page size, a layer spreads over pages that link to each other, and units link up to theirs."""
     monkeypatch.setenv("ATLASCOPE_PER_PAGE", "10")
