@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from precompute.plan import Batch, batches
 from precompute.registry import ModelSpec
-from render.featvis import RenderConfig, render_units
+from render.featvis import RenderConfig, Rendered, render_units
 from render.images import to_png
 from render.stats import channel_statistics
 from store import Atlas
@@ -95,7 +95,7 @@ def _pending(atlas: Atlas, model: Model, planned: list[Batch]) -> list[Batch]:
     return [b for b in planned if any((b.layer.name, u, b.objective) not in done for u in b.units)]
 
 
-def _save_batch(atlas: Atlas, model: Model, batch: Batch, rendered, weights: str, replace: bool) -> None:
+def _save_batch(atlas: Atlas, model: Model, batch: Batch, rendered: Rendered, weights: str, replace: bool) -> None:
     """Store a rendered batch in one transaction: new images are added, existing ones kept unless ``replace``."""
     with atlas.sessions.begin() as session:
         unit_ids = _unit_ids(session, model, batch.layer.name)
@@ -131,7 +131,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     device = torch.device(request.device)
     net = request.spec.load().to(device)
     _fill_statistics(atlas, model, request.spec, net, [layer.name for layer, _ in request.selection], device)
-    weights = request.spec.card().get("weights", {}).get("sha256", "")
+    weights = model.card.get("weights", {}).get("sha256", "")  # the card _ensure_model just stored
     for batch in todo:
         layer = net.get_submodule(batch.layer.module)
         rendered = render_units(net, layer, batch.units, batch.objective, request.render, device)
