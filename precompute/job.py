@@ -71,7 +71,7 @@ def _unit_ids(session: Session, model: Model, layer_name: str) -> dict[int, int]
 def _fill_statistics(atlas: Atlas, model: Model, spec: ModelSpec, net: torch.nn.Module, names: list[str],
                      device: torch.device) -> None:
     """Dataset statistics for every unit of the chosen layers that lacks them (one pass over the sample)."""
-    with atlas.session() as session:
+    with atlas.sessions() as session:
         missing = [name for name in names if session.scalar(
             select(Unit.id).join(Layer).where(Layer.model_id == model.id, Layer.name == name, Unit.stats == {}))]
     if not missing:
@@ -89,7 +89,7 @@ def _fill_statistics(atlas: Atlas, model: Model, spec: ModelSpec, net: torch.nn.
 
 
 def _pending(atlas: Atlas, model: Model, planned: list[Batch]) -> list[Batch]:
-    with atlas.session() as session:
+    with atlas.sessions() as session:
         done = set(session.execute(select(Layer.name, Unit.index, UnitImage.kind).select_from(UnitImage)
                                    .join(Unit).join(Layer).where(Layer.model_id == model.id)).tuples())
     return [b for b in planned if any((b.layer.name, u, b.objective) not in done for u in b.units)]

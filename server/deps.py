@@ -19,7 +19,7 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(atlas: Annotated[Atlas, Depends(get_atlas)]) -> Iterator[Session]:
-    with atlas.session() as session:
+    with atlas.sessions() as session:
         yield session
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from store.schema import FORMAT_VERSION, Base, Meta
 
@@ -23,10 +23,6 @@ DB_NAME = "atlas.db"
 
 class AtlasError(Exception):
     """The directory is not a usable atlas (missing, wrong format version)."""
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Atlas:
@@ -90,9 +86,6 @@ class Atlas:
         if found != str(FORMAT_VERSION):
             raise AtlasError(f"atlas {self.root} has format version {found}, this atlascope reads {FORMAT_VERSION}")
 
-    def session(self) -> Session:
-        return self.sessions()
-
     # -- blobs ---------------------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
@@ -100,7 +93,7 @@ class Atlas:
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes under their sha256 (atomically; a no-op if present) and return the hash."""
-        digest = sha256_hex(data)
+        digest = hashlib.sha256(data).hexdigest()
         final = self.blob_path(digest)
         if final.exists():
             return digest
@@ -112,6 +105,3 @@ class Atlas:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         return digest
-
-    def read_blob(self, sha256: str) -> bytes:
-        return self.blob_path(sha256).read_bytes()
