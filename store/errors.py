@@ -1,0 +1,69 @@
+"""What went wrong with an atlas, in one sentence a person can act on.
+
+The job (writer) and the server (reader) meet the same failures from their environment: a damaged or foreign index,
+a full disk, a read-only file system, missing permissions. SQLite reports them as ``sqlite3`` errors (wrapped by
+SQLAlchemy), the file system as ``OSError``. Both sides classify them here, so the job's ``error:`` line and the
+server's 503 say the same thing.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError
+
+DAMAGED = "damaged"  # the index is not a readable SQLite database of an atlas
+BUSY = "busy"  # another connection holds a lock longer than we wait; trying again later works
+FULL = "full"  # no space left on the device
+READ_ONLY = "read-only"  # a read-only file, directory or file system
+DENIED = "denied"  # missing permissions
+UNAVAILABLE = "unavailable"  # anything else the environment did
+
+_SQLITE_KINDS = {
+    "SQLITE_CORRUPT": DAMAGED, "SQLITE_NOTADB": DAMAGED, "SQLITE_FORMAT": DAMAGED,
+    "SQLITE_BUSY": BUSY, "SQLITE_LOCKED": BUSY,
+    "SQLITE_FULL": FULL,
+    "SQLITE_READONLY": READ_ONLY,
+    "SQLITE_PERM": DENIED, "SQLITE_AUTH": DENIED,
+}
+_ERRNO_KINDS = {
+    errno.ENOSPC: FULL, errno.EDQUOT: FULL, errno.EFBIG: FULL,
+    errno.EROFS: READ_ONLY,
+    errno.EACCES: DENIED, errno.EPERM: DENIED,
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # one of the constants above
+    message: str  # one line: what is wrong and what to do
+
+
+def classify(exc: BaseException, atlas: Path | str) -> Failure | None:
+    """The failure behind ``exc`` when it came from the atlas's environment (SQLite or the file system), else None."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(cause, sqlite3.Error):
+        name = getattr(cause, "sqlite_errorname", "") or ""
+        kind = next((k for prefix, k in _SQLITE_KINDS.items() if name.startswith(prefix)), UNAVAILABLE)
+        return Failure(kind, _describe(kind, atlas, str(cause)))
+    if isinstance(cause, OSError):
+        kind = _ERRNO_KINDS.get(cause.errno, UNAVAILABLE)
+        where = cause.filename or atlas
+        return Failure(kind, _describe(kind, where, cause.strerror or str(cause)))
+    return None
+
+
+def _describe(kind: str, where: Path | str, detail: str) -> str:
+    return {
+        DAMAGED: f"the atlas index at {where} is damaged ({detail}); `atlascope verify --atlas DIR` lists what is "
+                 f"wrong, and moving the directory aside starts a new atlas",
+        BUSY: f"the atlas at {where} is busy ({detail}); another process holds it, try again shortly",
+        FULL: f"no space left to write the atlas at {where} ({detail}); free some space and run the same command "
+              f"again",
+        READ_ONLY: f"the atlas at {where} is read-only ({detail}); write to a copy or another --atlas directory",
+        DENIED: f"permission denied for {where} ({detail}); choose a directory you can write to",
+        UNAVAILABLE: f"the atlas at {where} could not be used ({detail})",
+    }[kind]
