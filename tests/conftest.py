@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -58,3 +60,46 @@ def live_server(atlas_dir: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def start_server(atlas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A factory: ``with start_server("--workers", "1", env={"ATLASCOPE_CACHE_MB": "0"}) as url:`` runs
+    ``atlascope serve`` on ``atlas_dir`` with those arguments and environment, on a free port, for the block.
+
+    The server writes to a log file rather than a pipe: under load or bad input a server logs a lot, and a full pipe
+    that nobody reads would freeze it. The log's tail goes into the error if the server exits or never answers.
+    """
+
+    @contextmanager
+    def start(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+        port = free_port()
+        log = tmp_path_factory.mktemp("server") / "serve.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(atlas_dir), "--port", str(port), *args],
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "NO_COLOR": "1", **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60  # several workers starting on two busy cores
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server {args} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/-/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server {args} did not answer /-/health in 60 s: {log.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    return start
