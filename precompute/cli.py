@@ -4,6 +4,8 @@ base install."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +25,22 @@ err = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+@contextmanager
+def _atlas_failures(atlas: Path) -> Iterator[None]:
+    """What the atlas's environment did (damage, permissions, a full disk) or why it was refused, as one `error:`
+    line and exit code 2 instead of a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from store import AtlasError
+    from store.errors import classify
+
+    try:
+        yield
+    except (AtlasError, OSError, DBAPIError) as exc:
+        failure = classify(exc, atlas)
+        raise fail(failure.message if failure else str(exc)) from None
 
 
 @app.command()
@@ -69,6 +87,8 @@ def precompute(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     force: bool = typer.Option(False, "--force", help="Re-render images already in the atlas and replace them."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Fail if another precompute writes to the atlas, instead "
+                                                          "of waiting for it."),
 ) -> None:
     """Render feature visualisations into an atlas. Resumable: rerun the same command after an interrupt."""
     try:
@@ -83,38 +103,40 @@ def precompute(
     if unknown := set(chosen) - set(OBJECTIVES):
         raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
     config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
-    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device), force)
+    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device), force, wait=not no_wait)
 
 
 def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str,
-                    force: bool = False) -> None:
+                    force: bool = False, wait: bool = True) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from precompute import job
     from precompute.loaders import WeightsError
-    from store import AtlasError
 
     request = job.Request(spec=spec, atlas=atlas, selection=selection, objectives=objectives, render=render,
-                          batch_size=batch_size, device=device, force=force)
+                          batch_size=batch_size, device=device, force=force, wait=wait)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task(f"{spec.slug}", total=None)
+    try:  # failures are reported after the progress bar has stopped, so the error is the last line
+        with _atlas_failures(atlas), Progress(*columns, console=err) as progress:
+            task = progress.add_task(f"{spec.slug}", total=None)
 
-        def on_plan(total: int, todo: int) -> None:
-            progress.update(task, total=todo)
-            progress.console.print(f"{spec.slug}: {total} images planned, {total - todo} already in {atlas}, "
-                                   f"{todo} to render on {device}")
+            def on_plan(total: int, todo: int) -> None:
+                progress.update(task, total=todo)
+                progress.console.print(f"{spec.slug}: {total} images planned, {total - todo} already in {atlas}, "
+                                       f"{todo} to render on {device}")
 
-        def on_batch(batch) -> None:
-            progress.update(task, advance=len(batch.units), description=f"{spec.slug} {batch.layer.name} {batch.objective}")
+            def on_batch(batch, saved: int) -> None:
+                progress.update(task, advance=saved, description=f"{spec.slug} {batch.layer.name} {batch.objective}")
 
-        try:
-            rendered = job.run(request, on_plan, on_batch)
-        except KeyboardInterrupt:
-            raise fail("interrupted; finished batches are saved. Run the same command again to resume.", 130) from None
-        except (WeightsError, AtlasError) as exc:
-            raise fail(str(exc)) from None
+            def on_wait() -> None:
+                progress.console.print(f"waiting for another atlascope precompute writing to {atlas}…")
+
+            rendered = job.run(request, on_plan, on_batch, on_wait)
+    except KeyboardInterrupt:
+        raise fail("interrupted; finished batches are saved. Run the same command again to resume.", 130) from None
+    except WeightsError as exc:
+        raise fail(str(exc)) from None
     err.print(f"{spec.slug}: {rendered} images rendered into {atlas}; browse with `atlascope serve --atlas {atlas}`")
 
 

@@ -1,8 +1,10 @@
 """The precompute job: write a model's layers, units, statistics and feature visualisations into an atlas.
 
-Resumable by construction. Each render batch is committed in one transaction after its blobs are in place, and a
-batch is redone only if one of its images is missing, so after an interrupt (Ctrl-C or kill -9) the next run does
-only what is missing and ends with the same assets an uninterrupted run would have made.
+Resumable by construction. Each render batch is committed in one transaction after its blobs are in place. A batch is
+rendered again (whole, so its images are the same as ever) only if one of its images is missing or its blob is damaged,
+and only those images are saved, so after an interrupt (Ctrl-C or kill -9) the next run does only what is missing and
+ends with the same assets an uninterrupted run would have made. The whole run holds the atlas's writer lock, so a
+second run waits and then plans afresh.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from precompute.plan import Batch, batches
@@ -34,6 +36,7 @@ class Request:
     batch_size: int = 32
     device: str = "cpu"
     force: bool = False  # re-render images that exist (e.g. with other settings) and replace them
+    wait: bool = True  # wait for another writer of the atlas to finish, rather than refuse
 
     def config(self) -> dict:
         return {"layers": {layer.name: len(units) for layer, units in self.selection},
@@ -88,55 +91,100 @@ def _fill_statistics(atlas: Atlas, model: Model, spec: ModelSpec, net: torch.nn.
                     "measure": "spatial mean of the channel over held-out dataset images"}
 
 
-def _pending(atlas: Atlas, model: Model, planned: list[Batch]) -> list[Batch]:
-    with atlas.sessions() as session:
-        done = set(session.execute(select(Layer.name, Unit.index, UnitImage.kind).select_from(UnitImage)
-                                   .join(Unit).join(Layer).where(Layer.model_id == model.id)).tuples())
-    return [b for b in planned if any((b.layer.name, u, b.objective) not in done for u in b.units)]
+@dataclass(frozen=True)
+class Work:
+    """A render batch and the units of it to save: those whose image is missing or damaged (all with --force)."""
+
+    batch: Batch
+    save: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.batch.layer.name} {self.batch.objective}"
 
 
-def _save_batch(atlas: Atlas, model: Model, batch: Batch, rendered: Rendered, weights: str, replace: bool) -> None:
-    """Store a rendered batch in one transaction: new images are added, existing ones kept unless ``replace``."""
-    with atlas.sessions.begin() as session:
-        unit_ids = _unit_ids(session, model, batch.layer.name)
-        existing = {image.unit_id: image for image in session.scalars(select(UnitImage).where(
-            UnitImage.kind == batch.objective, UnitImage.unit_id.in_(unit_ids.values())))}
-        for unit, image, activation in zip(batch.units, rendered.images, rendered.activations.tolist()):
-            if unit_ids[unit] in existing:
-                if not replace:
-                    continue
-                session.delete(existing[unit_ids[unit]])
-                session.flush()
-            png = to_png(image)
-            sha = atlas.put_blob(png)
-            if session.get(Asset, sha) is None:
-                session.add(Asset(sha256=sha, media_type="image/png", size=len(png),
-                                  width=image.shape[-1], height=image.shape[-2]))
-                session.flush()
-            session.add(UnitImage(unit_id=unit_ids[unit], kind=batch.objective, asset_sha256=sha,
-                                  params={**rendered.params, "weights_sha256": weights}, activation=activation))
+@dataclass
+class Progress:
+    """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas."""
+
+    stage: str  # "stats", "render", "done"
+    planned: int  # images in the selection
+    kept: int  # of them already in the atlas, intact
+    todo: int  # of them to render: planned - kept
+    done: int = 0  # of them saved so far
+    current: str | None = None  # the batch being rendered, e.g. "conv2 neuron"
+
+
+def _plan(session: Session, atlas: Atlas, model: Model, request: Request) -> tuple[int, list[Work]]:
+    """The number of images the request asks for, and the work to do. An image counts as present only if its blob
+    is intact (there, of the indexed size, hashing to its name); only images of the selection are checked."""
+    found = {(layer, index, kind): (sha, size) for layer, index, kind, sha, size in session.execute(
+        select(Layer.name, Unit.index, UnitImage.kind, Asset.sha256, Asset.size).select_from(UnitImage)
+        .join(Unit).join(Layer).join(Asset).where(Layer.model_id == model.id)).tuples()}
+
+    def present(key: tuple[str, int, str]) -> bool:
+        return key in found and atlas.blob_problem(*found[key]) is None
+
+    planned = batches(request.selection, request.objectives, request.batch_size)
+    work = [Work(batch, save) for batch in planned if (save := tuple(
+        unit for unit in batch.units if request.force or not present((batch.layer.name, unit, batch.objective))))]
+    return sum(len(batch.units) for batch in planned), work
+
+
+def _save_batch(session: Session, atlas: Atlas, model: Model, work: Work, rendered: Rendered, weights: str) -> None:
+    """Store the images of ``work.save`` from a rendered batch, replacing those units' rows (missing, damaged or
+    forced); the batch's other images stay as they are."""
+    unit_ids = _unit_ids(session, model, work.batch.layer.name)
+    session.execute(delete(UnitImage).where(UnitImage.kind == work.batch.objective,
+                                            UnitImage.unit_id.in_([unit_ids[u] for u in work.save]))
+                    .execution_options(synchronize_session=False))
+    for unit, image, activation in zip(work.batch.units, rendered.images, rendered.activations.tolist()):
+        if unit not in work.save:
+            continue
+        png = to_png(image)
+        sha = atlas.put_blob(png)
+        if session.get(Asset, sha) is None:
+            session.add(Asset(sha256=sha, media_type="image/png", size=len(png),
+                              width=image.shape[-1], height=image.shape[-2]))
+            session.flush()
+        session.add(UnitImage(unit_id=unit_ids[unit], kind=work.batch.objective, asset_sha256=sha,
+                              params={**rendered.params, "weights_sha256": weights}, activation=activation))
 
 
 def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, todo: None,
-        on_batch: Callable[[Batch], None] = lambda batch: None) -> int:
-    """Do the request; returns the number of images rendered. ``on_plan(total, todo)`` gets image counts."""
-    atlas = Atlas.open_for_writing(request.atlas)
-    with atlas.sessions.begin() as session:
-        model = _ensure_model(session, request.spec)
-        run_row = Run(model_id=model.id, config=request.config())
-        session.add(run_row)
-    planned = batches(request.selection, request.objectives, request.batch_size)
-    todo = planned if request.force else _pending(atlas, model, planned)
-    on_plan(sum(len(b.units) for b in planned), sum(len(b.units) for b in todo))
-    device = torch.device(request.device)
-    net = request.spec.load().to(device)
-    _fill_statistics(atlas, model, request.spec, net, [layer.name for layer, _ in request.selection], device)
-    weights = model.card.get("weights", {}).get("sha256", "")  # the card _ensure_model just stored
-    for batch in todo:
-        layer = net.get_submodule(batch.layer.module)
-        rendered = render_units(net, layer, batch.units, batch.objective, request.render, device)
-        _save_batch(atlas, model, batch, rendered, weights, request.force)
-        on_batch(batch)
-    with atlas.sessions.begin() as session:
-        session.get(Run, run_row.id).finished_at = utcnow()
-    return sum(len(b.units) for b in todo)
+        on_batch: Callable[[Batch, int], None] = lambda batch, saved: None,
+        on_wait: Callable[[], None] = lambda: None) -> int:
+    """Do the request; returns the number of images this run saved. ``on_plan(total, todo)`` gets image counts once
+    the writer lock is held, ``on_batch(batch, saved)`` follows every saved batch, ``on_wait()`` says that another
+    writer holds the atlas and this run waits for it."""
+    with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
+        with atlas.sessions.begin() as session:
+            model = _ensure_model(session, request.spec)
+            total, work = _plan(session, atlas, model, request)
+            todo = sum(len(item.save) for item in work)
+            progress = Progress("stats", planned=total, kept=total - todo, todo=todo)
+            run_row = Run(model_id=model.id, config=request.config(), progress=asdict(progress))
+            session.add(run_row)
+        on_plan(total, todo)
+        device = torch.device(request.device)
+        net = request.spec.load().to(device)
+        _fill_statistics(atlas, model, request.spec, net, [layer.name for layer, _ in request.selection], device)
+        weights = model.card.get("weights", {}).get("sha256", "")  # the card _ensure_model just stored
+        progress.stage, progress.current = "render", work[0].label if work else None
+        with atlas.sessions.begin() as session:
+            session.get(Run, run_row.id).progress = asdict(progress)
+        for position, item in enumerate(work):
+            layer = net.get_submodule(item.batch.layer.module)
+            rendered = render_units(net, layer, item.batch.units, item.batch.objective, request.render, device)
+            with atlas.batch() as session:
+                _save_batch(session, atlas, model, item, rendered, weights)
+                progress.done += len(item.save)
+                progress.current = work[position + 1].label if position + 1 < len(work) else None
+                session.get(Run, run_row.id).progress = asdict(progress)
+            on_batch(item.batch, len(item.save))
+        progress.stage = "done"
+        with atlas.sessions.begin() as session:
+            finished = session.get(Run, run_row.id)
+            finished.progress, finished.finished_at = asdict(progress), utcnow()
+        atlas.collect_garbage()
+    return progress.done

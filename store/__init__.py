@@ -3,7 +3,8 @@
 No torch here: the server installs without it.
 """
 
-from store.atlas import Atlas, AtlasError
+from store.atlas import Atlas
+from store.errors import AtlasError
 from store.schema import FORMAT_VERSION
 
 __all__ = ["Atlas", "AtlasError", "FORMAT_VERSION"]

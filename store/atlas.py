@@ -3,26 +3,30 @@
 Blobs are immutable and named by the sha256 of their bytes, so a copy of the directory is a complete atlas and the
 server can mount it read-only. A blob is written to ``tmp/`` first and renamed into place, so a killed writer never
 leaves a half-written asset under a real name; index rows go in one transaction per unit of work.
+
+One writer at a time (``store.lock``). Before its first write it checks that the directory and index are writable,
+the index is intact and is an atlas's, so a refusal leaves the atlas as it was; then it upgrades an older format in
+place and collects what no row names (a killed run's blobs, replaced assets, temporary files).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from store.schema import FORMAT_VERSION, Base, Meta
+from store.errors import DAMAGED, AtlasError, describe, unwritable
+from store.lock import writer_lock
+from store.schema import FORMAT_VERSION, MIGRATIONS, Asset, Base, Meta, unreferenced_assets
 
 DB_NAME = "atlas.db"
-
-
-class AtlasError(Exception):
-    """The directory is not a usable atlas (missing, wrong format version)."""
+WRITER_BUSY_TIMEOUT_S = 60  # a writer waits this long for readers (a server, `atlascope verify`) to let it commit
 
 
 class Atlas:
@@ -30,6 +34,11 @@ class Atlas:
         self.root = Path(root)
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self._new_blobs: list[Path] | None = None  # blobs created by the open batch(), removed if it fails
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
 
     @property
     def blobs_dir(self) -> Path:
@@ -44,64 +53,193 @@ class Atlas:
     @classmethod
     def open_readonly(cls, root: Path | str) -> Atlas:
         """Open for serving. SQLite's ``mode=ro`` guarantees the server never writes, even by mistake."""
+        atlas = cls.open_unchecked(root)
+        try:
+            with atlas.engine.connect() as conn:
+                found = format_version(conn, atlas.db_path)
+        except DatabaseError as exc:
+            raise AtlasError(f"{atlas.db_path} is not an atlas index: {exc.orig}") from exc
+        if problem := version_problem(atlas.root, found):
+            raise AtlasError(problem)
+        return atlas
+
+    @classmethod
+    def open_unchecked(cls, root: Path | str) -> Atlas:
+        """Open read-only (``mode=ro``) without looking inside: for ``store.verify``, which reports what it finds."""
         db = Path(root) / DB_NAME
         if not db.is_file():
             raise AtlasError(f"no atlas at {root}: {db} does not exist (run `atlascope precompute` first)")
         engine = create_engine(
             f"sqlite:///file:{db.resolve()}?mode=ro&uri=true", connect_args={"check_same_thread": False}
         )
-        atlas = cls(root, engine)
-        atlas._check_version()
-        return atlas
+        return cls(root, engine)
 
     @classmethod
-    def open_for_writing(cls, root: Path | str) -> Atlas:
-        """Open (creating if needed) for the precompute job, the only writer; clears leftovers of killed runs."""
+    @contextmanager
+    def open_for_writing(cls, root: Path | str, wait: bool = True,
+                         on_wait: Callable[[], None] = lambda: None) -> Iterator[Atlas]:
+        """Open (creating if needed) for the precompute job, the only writer, holding the writer lock for the block:
+        waits for another writer (calling ``on_wait``) or, with ``wait=False``, raises AtlasError."""
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(f"sqlite:///{(root / DB_NAME).resolve()}")
+        _make_directory(root)
+        with writer_lock(root, wait, on_wait):
+            for path in (root, root / DB_NAME, root / "blobs", root / "tmp"):
+                if failure := unwritable(path):
+                    raise AtlasError(failure.message)
+            atlas = cls(root, _writer_engine(root / DB_NAME))
+            try:
+                created = atlas._initialise()
+                atlas.blobs_dir.mkdir(exist_ok=True)
+                atlas.tmp_dir.mkdir(exist_ok=True)
+                if not created:  # a new index in a used directory: its files are not ours to delete
+                    atlas.collect_garbage()
+                yield atlas
+            finally:
+                atlas.engine.dispose()
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # rollback journal (not WAL) keeps the atlas a plain, copyable file
-            dbapi_conn.execute("PRAGMA foreign_keys=ON")
-            dbapi_conn.execute("PRAGMA journal_mode=DELETE")
+    def _initialise(self) -> bool:
+        """Check the index (intact, an atlas's or empty, not newer), then create the tables of a new atlas or upgrade
+        an older one, in one transaction: a failure leaves the file as it was. True if the atlas is new."""
+        with self.engine.begin() as conn:
+            problems = list(conn.exec_driver_sql("PRAGMA quick_check").scalars())
+            if problems != ["ok"]:
+                raise AtlasError(describe(DAMAGED, self.db_path, "; ".join(problems[:3])))
+            found = format_version(conn, self.db_path)
+            if found is None:
+                Base.metadata.create_all(conn)
+                conn.execute(insert(Meta).values(key="format_version", value=str(FORMAT_VERSION)))
+            elif found < FORMAT_VERSION:
+                for version in range(found, FORMAT_VERSION):
+                    for statement in MIGRATIONS[version]:
+                        conn.exec_driver_sql(statement)
+                conn.execute(update(Meta).where(Meta.key == "format_version").values(value=str(FORMAT_VERSION)))
+            elif problem := version_problem(self.root, found):
+                raise AtlasError(problem)
+        return found is None
 
-        atlas = cls(root, engine)
-        shutil.rmtree(atlas.tmp_dir, ignore_errors=True)
-        atlas.tmp_dir.mkdir()
-        atlas.blobs_dir.mkdir(exist_ok=True)
-        Base.metadata.create_all(engine)
-        with atlas.sessions.begin() as session:
-            if session.get(Meta, "format_version") is None:
-                session.add(Meta(key="format_version", value=str(FORMAT_VERSION)))
-        atlas._check_version()
-        return atlas
-
-    def _check_version(self) -> None:
-        try:
-            with self.sessions() as session:
-                found = session.scalar(select(Meta.value).where(Meta.key == "format_version"))
-        except DatabaseError as exc:
-            raise AtlasError(f"{self.root / DB_NAME} is not an atlas index: {exc.orig}") from exc
-        if found != str(FORMAT_VERSION):
-            raise AtlasError(f"atlas {self.root} has format version {found}, this atlascope reads {FORMAT_VERSION}")
+    def collect_garbage(self) -> None:
+        """Remove what no row names: asset rows nothing references (images replaced by --force or re-rendered),
+        blob files without an asset row (a run killed between its blobs and its commit) and temporary files. Rows go
+        first, in a transaction; files after it commits. Only the writer calls this, under its lock."""
+        with self.sessions.begin() as session:
+            session.execute(delete(Asset).where(*unreferenced_assets()).execution_options(synchronize_session=False))
+            named = set(session.scalars(select(Asset.sha256)))
+        for path in self.stray_blobs(self.blob_files(), named):
+            path.unlink()
+        for path in self.tmp_dir.iterdir():
+            path.unlink()
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
         return self.blobs_dir / sha256[:2] / sha256
 
+    def blob_files(self) -> list[Path]:
+        return [path for path in self.blobs_dir.glob("*/*") if path.is_file()]
+
+    def stray_blobs(self, files: list[Path], named: Collection[str]) -> list[Path]:
+        """The ``files`` that are not the blob of an asset in ``named`` (no row names them, or not where it would)."""
+        return [path for path in files if path.name not in named or path != self.blob_path(path.name)]
+
+    def blob_problem(self, sha256: str, size: int) -> str | None:
+        """What is wrong with the blob of an indexed asset (missing, truncated, altered), or None if it is intact."""
+        try:
+            data = self.blob_path(sha256).read_bytes()
+        except FileNotFoundError:
+            return "missing"
+        if len(data) != size:
+            return f"{len(data)} bytes, the index says {size}"
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return "its bytes do not hash to its name"
+        return None
+
     def put_blob(self, data: bytes) -> str:
-        """Store bytes under their sha256 (atomically; a no-op if present) and return the hash."""
+        """Store bytes under their sha256 (atomically) and return the hash. A file already there is kept if it holds
+        these bytes and replaced if not, so rendering an image again heals its damaged blob."""
         digest = hashlib.sha256(data).hexdigest()
         final = self.blob_path(digest)
-        if final.exists():
+        existed = final.exists()
+        if existed and final.read_bytes() == data:
             return digest
         final.parent.mkdir(exist_ok=True)
         tmp = self.tmp_dir / f"{digest}.{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if not existed and self._new_blobs is not None:
+            self._new_blobs.append(final)
         return digest
+
+    @contextmanager
+    def batch(self) -> Iterator[Session]:
+        """A unit of work: its rows commit together, and if it fails (full disk, Ctrl-C) the blob files it created
+        are removed with its rolled-back rows, so a failed batch leaves neither rows nor orphan blobs."""
+        self._new_blobs = []
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except BaseException:
+            for path in self._new_blobs:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._new_blobs = None
+
+
+def format_version(conn: Connection, db: Path) -> int | None:
+    """The index's format version; None for a database without tables (a new atlas). AtlasError for an SQLite
+    database that is someone else's: the writer must never add its tables to it."""
+    tables = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+    if not tables:
+        return None
+    found = conn.scalar(select(Meta.value).where(Meta.key == "format_version")) if "meta" in tables else None
+    if found is None or not found.isdigit():
+        raise AtlasError(f"{db} is not an atlas index but another SQLite database (tables: "
+                         f"{', '.join(sorted(tables)[:8])}); atlascope leaves it alone: choose another --atlas")
+    return int(found)
+
+
+def version_problem(root: Path, found: int | None) -> str | None:
+    """Why this atlascope cannot read an atlas of format version ``found``, or None if it can."""
+    if found is None:
+        return f"{root / DB_NAME} is not an atlas index: it has no tables (run `atlascope precompute` first)"
+    if found < FORMAT_VERSION:
+        return (f"atlas {root} has format version {found}, this atlascope reads {FORMAT_VERSION}; any `atlascope "
+                f"precompute SLUG --atlas {root}` into it upgrades it in place")
+    if found > FORMAT_VERSION:
+        return (f"atlas {root} has format version {found}, made by a newer atlascope than this one (which reads "
+                f"{FORMAT_VERSION}); upgrade atlascope")
+    return None
+
+
+def _make_directory(root: Path) -> None:
+    """Create the atlas directory (the writer lock lives on it), saying plainly when the path runs through a file."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == root else f"lies under {path}, which is a file"
+                raise AtlasError(f"--atlas {root} {where}; an atlas is a directory")
+            break
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _writer_engine(db: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{db.resolve()}", connect_args={"timeout": WRITER_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # rollback journal (not WAL) keeps the atlas a plain, copyable file
+        dbapi_conn.isolation_level = None  # SQLAlchemy's BEGIN below, so DDL is transactional too
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+        dbapi_conn.execute("PRAGMA journal_mode=DELETE")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # pysqlite commits DDL on its own; a killed first run must not leave half a schema
+        conn.exec_driver_sql("BEGIN")
+
+    return engine

@@ -9,7 +9,9 @@ server's 503 say the same thing.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,10 @@ _ERRNO_KINDS = {
 }
 
 
+class AtlasError(Exception):
+    """The directory is not a usable atlas: missing, damaged, foreign, of another format version, or being written."""
+
+
 @dataclass(frozen=True)
 class Failure:
     kind: str  # one of the constants above
@@ -48,15 +54,29 @@ def classify(exc: BaseException, atlas: Path | str) -> Failure | None:
     if isinstance(cause, sqlite3.Error):
         name = getattr(cause, "sqlite_errorname", "") or ""
         kind = next((k for prefix, k in _SQLITE_KINDS.items() if name.startswith(prefix)), UNAVAILABLE)
-        return Failure(kind, _describe(kind, atlas, str(cause)))
+        return Failure(kind, describe(kind, atlas, str(cause)))
     if isinstance(cause, OSError):
         kind = _ERRNO_KINDS.get(cause.errno, UNAVAILABLE)
         where = cause.filename or atlas
-        return Failure(kind, _describe(kind, where, cause.strerror or str(cause)))
+        return Failure(kind, describe(kind, where, cause.strerror or str(cause)))
     return None
 
 
-def _describe(kind: str, where: Path | str, detail: str) -> str:
+def unwritable(path: Path) -> Failure | None:
+    """Why the writer could not write ``path`` (an existing file or directory of the atlas), found before it writes
+    anything; None if it can, or if ``path`` does not exist yet."""
+    if not path.exists() or os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+        return None
+    mode = stat.filemode(path.stat().st_mode)
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return Failure(READ_ONLY, describe(READ_ONLY, path, "read-only file system"))
+    if "w" not in mode:
+        return Failure(READ_ONLY, describe(READ_ONLY, path, f"mode {mode}"))
+    return Failure(DENIED, describe(DENIED, path, f"mode {mode}, not writable by uid {os.getuid()}"))
+
+
+def describe(kind: str, where: Path | str, detail: str) -> str:
+    """The sentence for a failure of ``kind`` at ``where``: what is wrong and what to do about it."""
     return {
         DAMAGED: f"the atlas index at {where} is damaged ({detail}); `atlascope verify --atlas DIR` lists what is "
                  f"wrong, and moving the directory aside starts a new atlas",

@@ -16,11 +16,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ColumnElement, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, exists
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Bump when a change to the tables makes older atlases unreadable by this code.
-FORMAT_VERSION = 1
+# Bump when a change to the tables makes older atlases unreadable by this code, and add its step to MIGRATIONS.
+FORMAT_VERSION = 2
+
+# How the writer brings an atlas of format version N up to N + 1, in place: SQL statements it runs in one transaction
+# with the new version number, under its lock. Readers refuse older atlases; any precompute into one upgrades it.
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE runs ADD COLUMN progress JSON NOT NULL DEFAULT '{}'"],  # Run.progress
+}
 
 
 def utcnow() -> datetime:
@@ -164,3 +170,16 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # What the run is doing, committed with every saved batch so a server can show a job filling the atlas:
+    # {"stage": "stats" | "render" | "done", "planned", "kept", "todo", "done": image counts, "current": "conv2 neuron"
+    # or null}. A run that stopped before "done" without a live writer (store.lock.writer_active) was interrupted.
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+
+
+def unreferenced_assets() -> list[ColumnElement[bool]]:
+    """Conditions on ``Asset`` that hold when no row uses the asset. Every asset is added in the transaction of the row
+    that uses it, so an unreferenced one is garbage (an image replaced by --force or re-rendered). Found from the
+    foreign keys, so a table that starts pointing at assets is counted without a change here."""
+    target = Asset.__table__.c.sha256
+    return [~exists().where(column == target) for table in Base.metadata.tables.values() for column in table.columns
+            if any(key.column is target for key in column.foreign_keys)]

@@ -1,10 +1,15 @@
 """The precompute job on the embedded organism: what it writes, that it resumes after Ctrl-C or kill -9 to the very
-same assets, and that bad input fails clearly without touching the atlas."""
+same assets, that runs on one atlas take turns and count what they did, that it repairs missing or damaged blobs,
+upgrades older atlases and collects garbage, and that bad input fails clearly without touching the atlas."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from store import Atlas, AtlasError
 from tests.conftest import ATLASCOPE, SHORT_PRECOMPUTE, atlascope
+from tests.damage import orphan_blob, tmp_file, unreferenced_asset
+
+TINY = ["--layers", "conv1", "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--device", "cpu"]
 
 
 def images(atlas: Path) -> set[tuple[str, int, str, str]]:
@@ -31,12 +40,26 @@ def count_images(atlas: Path) -> int:
 
 
 def assert_consistent(atlas: Path) -> None:
-    """Every indexed asset is a complete blob whose bytes hash to its name; no temporary files remain."""
+    """Every indexed asset is a complete blob whose bytes hash to its name and a unit image uses it; there are no
+    other blob files and no temporary files."""
     with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
-        for sha, size in db.execute("SELECT sha256, size FROM assets"):
-            blob = (atlas / "blobs" / sha[:2] / sha).read_bytes()
-            assert len(blob) == size and hashlib.sha256(blob).hexdigest() == sha
+        assets = dict(db.execute("SELECT sha256, size FROM assets").fetchall())
+        used = {sha for sha, in db.execute("SELECT asset_sha256 FROM unit_images")}
+    for sha, size in assets.items():
+        blob = (atlas / "blobs" / sha[:2] / sha).read_bytes()
+        assert len(blob) == size and hashlib.sha256(blob).hexdigest() == sha
+    assert {path.name for path in (atlas / "blobs").glob("*/*")} == set(assets) == used
     assert not any((atlas / "tmp").iterdir())
+
+
+def rendered(done: subprocess.CompletedProcess) -> int:
+    """The count in the closing line, "N images rendered into ..."."""
+    return int(re.search(r"(\d+) images rendered", done.stderr).group(1))
+
+
+def last_progress(atlas: Path) -> dict:
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        return json.loads(db.execute("SELECT progress FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0])
 
 
 def interrupt_midway(atlas: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
@@ -47,7 +70,11 @@ def interrupt_midway(atlas: Path, sig: signal.Signals) -> subprocess.CompletedPr
         time.sleep(0.05)
     assert proc.poll() is None, "precompute finished before it could be interrupted"
     proc.send_signal(sig)
-    out, errors = proc.communicate(timeout=60)
+    return finish(proc, timeout=60)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    out, errors = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, errors)
 
 
@@ -67,6 +94,8 @@ def test_interrupted_run_resumes_to_the_same_atlas(atlas_dir: Path, tmp_path: Pa
         assert stopped.returncode == 130 and "run the same command again" in stopped.stderr.lower()
     partial = images(atlas)
     assert 0 < len(partial) < len(images(atlas_dir))
+    progress = last_progress(atlas)  # committed with every batch: what a server shows for a stopped job
+    assert progress["stage"] == "render" and progress["done"] == len(partial) and progress["todo"] == 48
 
     resumed = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *SHORT_PRECOMPUTE)
     assert resumed.returncode == 0, resumed.stderr
@@ -125,4 +154,96 @@ def test_force_replaces_only_the_selection(atlas_dir: Path, tmp_path: Path):
                            "JOIN layers l ON l.id = u.layer_id WHERE l.name = 'conv1' AND i.kind = 'channel' "
                            "AND u.[index] < 4").fetchall()
     assert steps == [(8,)] * 4
+    replaced = {sha for *_, sha in before - after}
+    assert replaced and not any((atlas / "blobs" / sha[:2] / sha).exists() for sha in replaced)
+    assert_consistent(atlas)  # the replaced images' asset rows went with their blobs
+
+
+def test_concurrent_runs_take_turns_and_count_what_they_did(tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    command = [*ATLASCOPE, "precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-7"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    done = [finish(proc, timeout=300) for proc in procs]
+    assert [d.returncode for d in done] == [0, 0], [d.stderr for d in done]
+    planned = {("conv1", unit, "channel") for unit in range(8)}
+    assert {(layer, unit, kind) for layer, unit, kind, _ in images(atlas)} == planned
+    assert sum(rendered(d) for d in done) == 8
+    assert_consistent(atlas)
+
+
+def test_a_second_run_waits_for_the_writer(tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    held = os.open(atlas, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what a running precompute holds
+    log = tmp_path / "stderr"
+    try:
+        with log.open("w") as err:
+            proc = subprocess.Popen([*ATLASCOPE, "precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units",
+                                     "0"], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        while "waiting for another" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"waiting for another atlascope precompute writing to {atlas}" in log.read_text()
+        assert proc.poll() is None and not any(atlas.iterdir())  # waits, and writes nothing meanwhile
+    finally:
+        os.close(held)
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    assert "1 images rendered" in log.read_text() and len(images(atlas)) == 1
+
+
+def test_counts_are_images_and_a_kept_image_stays(tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    one = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0")
+    assert one.returncode == 0, one.stderr
+    kept = images(atlas)
+    more = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
+    assert more.returncode == 0, more.stderr
+    assert "4 images planned, 1 already in" in more.stderr and "3 to render" in more.stderr
+    assert rendered(more) == 3 and kept < images(atlas) and len(images(atlas)) == 4
+    assert last_progress(atlas) == {"stage": "done", "planned": 4, "kept": 1, "todo": 3, "done": 3, "current": None}
+
+
+def test_missing_and_damaged_blobs_are_rendered_again(atlas_dir: Path, tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    blobs = {unit: atlas / "blobs" / sha[:2] / sha for layer, unit, kind, sha in images(atlas)
+             if layer == "conv1" and kind == "channel"}
+    blobs[0].unlink()
+    blobs[1].write_bytes(blobs[1].read_bytes()[:100])
+    blobs[2].write_bytes(bytes(len(blobs[2].read_bytes())))  # the right size, the wrong bytes
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), "--layers", "conv1", "--units", "0-3",
+                     "--objectives", "channel", "--steps", "128", "--batch-size", "4", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "4 images planned, 1 already in" in done.stderr and rendered(done) == 3
+    assert images(atlas) == images(atlas_dir)  # renders are deterministic: the same hashes as before the damage
+    assert_consistent(atlas)
+
+
+def test_a_version_1_atlas_is_upgraded_in_place(atlas_dir: Path, tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    with sqlite3.connect(atlas / "atlas.db") as db:
+        db.execute("ALTER TABLE runs DROP COLUMN progress")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    with pytest.raises(AtlasError, match="format version 1.*precompute.*upgrades it in place"):
+        Atlas.open_readonly(atlas)
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
+    assert done.returncode == 0, done.stderr
+    assert "4 already in" in done.stderr and images(atlas) == images(atlas_dir)
+    Atlas.open_readonly(atlas).engine.dispose()
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == ("2",)
+        progress = [json.loads(p) for p, in db.execute("SELECT progress FROM runs ORDER BY id")]
+    assert progress[0] == {} and progress[-1]["stage"] == "done"  # runs of before the upgrade have no progress
+
+
+def test_leftovers_are_collected_before_a_run(atlas_dir: Path, tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    for leave in (orphan_blob, unreferenced_asset, tmp_file):
+        leave(atlas)
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
+    assert done.returncode == 0, done.stderr
+    assert images(atlas) == images(atlas_dir)
     assert_consistent(atlas)
