@@ -56,6 +56,24 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     Console().print(table)
 
 
+@app.command()
+def verify(
+    atlas: Path = typer.Option(..., "--atlas", help="Atlas directory to check (read-only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),
+) -> None:
+    """Check an atlas without writing to it: its index, every blob against its sha256, and nothing left over. Exit
+    code 1 lists the problems; works while a precompute writes."""
+    from store.verify import verify_atlas
+
+    with _atlas_failures(atlas):
+        report = verify_atlas(atlas)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        typer.echo("\n".join(report.lines()))
+    raise typer.Exit(1 if report.problems else 0)
+
+
 def _require_torch() -> None:
     try:
         import torch  # noqa: F401

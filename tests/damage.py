@@ -15,6 +15,22 @@ def snapshot(root: Path) -> dict[str, str]:
             for path in sorted(root.rglob("*"))}
 
 
+def first_blob(atlas: Path) -> Path:
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        sha = db.execute("SELECT asset_sha256 FROM unit_images ORDER BY id LIMIT 1").fetchone()[0]
+    return atlas / "blobs" / sha[:2] / sha
+
+
+def missing_blob(atlas: Path) -> str:
+    first_blob(atlas).unlink()
+    return str(first_blob(atlas))
+
+
+def damaged_blob(atlas: Path) -> str:
+    first_blob(atlas).write_bytes(b"\x89PNG but not the right one")
+    return str(first_blob(atlas))
+
+
 def orphan_blob(atlas: Path) -> str:
     """A blob file no row names, as a run killed between its blobs and its commit leaves."""
     path = atlas / "blobs" / "ee" / ("ee" * 32)
@@ -37,6 +53,13 @@ def tmp_file(atlas: Path) -> str:
     path = atlas / "tmp" / "half-written.123"
     path.write_bytes(b"x")
     return str(path)
+
+
+def broken_reference(atlas: Path) -> str:
+    with sqlite3.connect(atlas / "atlas.db") as db:
+        db.execute("INSERT INTO unit_images (unit_id, kind, asset_sha256, params) SELECT 99999, 'channel', sha256, "
+                   "'{}' FROM assets LIMIT 1")
+    return "table unit_images row"
 
 
 def garbage_index(atlas: Path) -> str:
