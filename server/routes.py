@@ -1,106 +1,183 @@
 """The site's routes: each page at ``/path`` (HTML) and ``/path.json`` (its JSON twin), plus assets and health.
 
+Handlers are ``async`` and do their SQLite work, validation and template rendering in one call on the app's page
+executor, inside one session that is closed before the call returns: no request holds a pooled connection while it
+waits for a thread (that was the old stall), and the event loop stays free to answer cache hits and ``/-/health``.
+Responses are marked cacheable and reach ``server.cache``, which adds ETags, gzip and 304s.
+
 The ``.json`` route of a page is registered before its HTML route: a path parameter matches dots, so
 ``/models/m/conv1.json`` would otherwise reach the HTML route as a layer named ``conv1.json``. Path parameters are
-plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422.
+plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422. HEAD is
+answered for every route by ``server.cache``.
 """
 
-import re
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import func, select
 
-from server import pages
-from server.deps import AtlasDep, SessionDep, SettingsDep
+from server.cache import mark_cacheable
 from server.errors import NotFound
+from server.pages.common import echo
+from server.pages.index import index_page
+from server.pages.layer import layer_page
+from server.pages.model import model_page
+from server.pages.unit import unit_page
 from server.templating import render_page
+from server.twins import ErrorBody, Health, IndexPage, LayerPage, ModelPage, Twin, UnitPage
 from server.urls import DEFAULT_KIND
 from store import FORMAT_VERSION
+from store.errors import BUSY, classify
 from store.schema import Asset, Model
 
 router = APIRouter()
 
-
-def page(path: str, **kwargs: Any):
-    """A read-only route: GET, and HEAD for link checkers and caches (the server sends headers only)."""
-    return router.api_route(path, methods=["GET", "HEAD"], **kwargs)
-
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_CHARS = frozenset("0123456789abcdef")
 IMMUTABLE = "public, max-age=31536000, immutable"  # a blob's URL is its hash: it can never change
 
-
-@page("/.json", tags=["json"], summary="All models")
-def index_json(session: SessionDep) -> dict[str, Any]:
-    return pages.index_page(session)
-
-
-@page("/", response_class=HTMLResponse, tags=["html"])
-def index_html(request: Request, session: SessionDep) -> HTMLResponse:
-    return render_page(request, "index.html", pages.index_page(session))
-
-
-@page("/models/{model}.json", tags=["json"], summary="A model card and its layers")
-def model_json(model: str, session: SessionDep) -> dict[str, Any]:
-    return pages.model_page(session, model)
-
-
-@page("/models/{model}", response_class=HTMLResponse, tags=["html"])
-def model_html(request: Request, model: str, session: SessionDep) -> HTMLResponse:
-    return render_page(request, "model.html", pages.model_page(session, model))
+NOT_MODIFIED = {304: {"description": "Not modified: `If-None-Match` matched the ETag."}}
+ERROR_DESCRIPTIONS = {
+    404: "Not found: the message says which part of the path. JSON for `.json` paths and `Accept: application/json`, "
+         "an HTML page otherwise.",
+    503: "The atlas cannot answer: its index is damaged, or a writer holds it (`Retry-After`).",
+}
+ERRORS = {status: {"description": description, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}},
+    "text/html": {"schema": {"type": "string"}},
+}} for status, description in ERROR_DESCRIPTIONS.items()}
+JSON_ERRORS = {status: {"model": ErrorBody, "description": description}
+               for status, description in ERROR_DESCRIPTIONS.items()}
+PageQuery = Query("1", description="Page of the layer's grid, from 1.")
+KindQuery = Query(DEFAULT_KIND, description="Image kind the grid shows: `channel`, `neuron`, ...")
 
 
-@page("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units")
-def layer_json(
-    model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1", kind: str = DEFAULT_KIND
-) -> dict[str, Any]:
-    return pages.layer_page(session, model, layer, page, settings.per_page, kind)
+async def in_executor(request: Request, work: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, work)
 
 
-@page("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"])
-def layer_html(
-    request: Request, model: str, layer: str, session: SessionDep, settings: SettingsDep, page: str = "1",
-    kind: str = DEFAULT_KIND,
-) -> HTMLResponse:
-    page_data = pages.layer_page(session, model, layer, page, settings.per_page, kind)
-    return render_page(request, "layer.html", page_data)
+async def twin_response(request: Request, builder: Callable[..., dict], twin: type[Twin], *args: Any,
+                        template: str | None = None) -> Response:
+    """Build a page in the executor, validate it against its twin model, and send it as JSON or render it as HTML."""
+    atlas, writer_active = request.app.state.atlas, request.app.state.watch.writer_active()
+
+    def work() -> Response:
+        with atlas.sessions() as session:
+            page = twin.model_validate(builder(session, *args, writer_active=writer_active))
+        if template is None:
+            return Response(page.model_dump_json(), media_type="application/json")
+        return render_page(request, template, page.model_dump(mode="json"))
+
+    response = await in_executor(request, work)
+    mark_cacheable(request)
+    return response
 
 
-@page("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours")
-def unit_json(model: str, layer: str, unit: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return pages.unit_page(session, model, layer, unit, settings.per_page)
+@router.get("/.json", tags=["json"], summary="All models", response_model=IndexPage,
+            responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def index_json(request: Request) -> Response:
+    return await twin_response(request, index_page, IndexPage)
 
 
-@page("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"])
-def unit_html(
-    request: Request, model: str, layer: str, unit: str, session: SessionDep, settings: SettingsDep
-) -> HTMLResponse:
-    return render_page(request, "unit.html", pages.unit_page(session, model, layer, unit, settings.per_page))
+@router.get("/", response_class=HTMLResponse, tags=["html"], summary="All models",
+            responses={**NOT_MODIFIED, **ERRORS})
+async def index_html(request: Request) -> Response:
+    return await twin_response(request, index_page, IndexPage, template="index.html")
 
 
-def etag_matches(if_none_match: str | None, sha256: str) -> bool:
-    tags = [tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")]
-    return "*" in tags or f'"{sha256}"' in tags
+@router.get("/models/{model}.json", tags=["json"], summary="A model card and its layers", response_model=ModelPage,
+            responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def model_json(request: Request, model: str) -> Response:
+    return await twin_response(request, model_page, ModelPage, model)
 
 
-@page("/assets/{name}", tags=["assets"], summary="A blob by sha256, optionally with an extension")
-def asset(name: str, request: Request, session: SessionDep, atlas: AtlasDep) -> Response:
+@router.get("/models/{model}", response_class=HTMLResponse, tags=["html"], summary="A model card and its layers",
+            responses={**NOT_MODIFIED, **ERRORS})
+async def model_html(request: Request, model: str) -> Response:
+    return await twin_response(request, model_page, ModelPage, model, template="model.html")
+
+
+@router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units",
+            response_model=LayerPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def layer_json(request: Request, model: str, layer: str, page: str = PageQuery,
+                     kind: str = KindQuery) -> Response:
+    per_page = request.app.state.settings.per_page
+    return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind)
+
+
+@router.get("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"],
+            summary="One page of a layer's units", responses={**NOT_MODIFIED, **ERRORS})
+async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery,
+                     kind: str = KindQuery) -> Response:
+    per_page = request.app.state.settings.per_page
+    return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind,
+                               template="layer.html")
+
+
+@router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours",
+            response_model=UnitPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def unit_json(request: Request, model: str, layer: str, unit: str) -> Response:
+    per_page = request.app.state.settings.per_page
+    return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page)
+
+
+@router.get("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"],
+            summary="A unit: images, stats, neighbours", responses={**NOT_MODIFIED, **ERRORS})
+async def unit_html(request: Request, model: str, layer: str, unit: str) -> Response:
+    per_page = request.app.state.settings.per_page
+    return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page, template="unit.html")
+
+
+@router.get("/assets/{name}", tags=["assets"], summary="A blob by sha256, optionally with an extension",
+            response_class=Response, responses={
+                200: {"content": {"image/png": {}, "application/json": {}}, "description": "The blob's bytes."},
+                **NOT_MODIFIED, **ERRORS})
+async def asset(request: Request, name: str) -> Response:
     sha256 = name.partition(".")[0]
-    row = session.get(Asset, sha256) if SHA256.fullmatch(sha256) else None
-    if row is None:
-        raise NotFound(f"asset {name!r} not found")
-    headers = {"Cache-Control": IMMUTABLE, "ETag": f'"{sha256}"'}
-    if etag_matches(request.headers.get("if-none-match"), sha256):
-        return Response(status_code=304, headers=headers)
-    path = atlas.blob_path(sha256)
-    if not path.is_file():
-        raise NotFound(f"asset {sha256} is indexed but its blob is missing from the atlas")
-    return FileResponse(path, media_type=row.media_type, headers=headers)
+    if len(sha256) != 64 or not SHA256_CHARS.issuperset(sha256):
+        raise NotFound(f"asset {echo(name)} not found")
+    atlas = request.app.state.atlas
+
+    def work() -> Response:
+        with atlas.sessions() as session:
+            row = session.get(Asset, sha256)
+        if row is None:
+            raise NotFound(f"asset {echo(name)} not found")
+        try:
+            body = atlas.blob_path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"asset {sha256} is indexed but its blob is missing from the atlas") from None
+        return Response(body, media_type=row.media_type, headers={"Cache-Control": IMMUTABLE, "ETag": f'"{sha256}"'})
+
+    response = await in_executor(request, work)
+    mark_cacheable(request)
+    return response
 
 
-@page("/-/health", tags=["meta"], summary="Liveness and what is served")
-def health(session: SessionDep) -> dict[str, Any]:
-    models = session.scalar(select(func.count()).select_from(Model))
-    return {"status": "ok", "models": models, "format_version": FORMAT_VERSION}
+@router.get("/-/health", tags=["meta"], summary="Whether the atlas can be served, and what is served",
+            response_model=Health, responses={503: {"model": Health, "description": "The atlas is damaged or busy."}})
+async def health(request: Request) -> Response:
+    """Never cached, and run on its own thread so that a queue of page builds cannot delay it."""
+    state = request.app.state
+
+    def work() -> JSONResponse:
+        body = {"format_version": FORMAT_VERSION, "generation": state.watch.change_counter(),
+                "writer_active": state.watch.writer_active(), "integrity": state.integrity, "models": None,
+                "status": "ok", "message": None}
+        try:
+            with state.atlas.sessions() as session:
+                body["models"] = session.scalar(select(func.count()).select_from(Model))
+        except Exception as exc:  # noqa: BLE001 - whatever SQLite says, health reports it rather than failing
+            failure = classify(exc, state.settings.atlas)
+            if failure is None:
+                raise
+            body["status"], body["message"] = ("busy" if failure.kind == BUSY else "damaged"), failure.message
+        if body["status"] == "ok" and (state.damage or state.integrity != "ok"):
+            body["status"], body["message"] = "damaged", state.damage or f"atlas index damaged: {state.integrity}"
+        return JSONResponse(Health(**body).model_dump(mode="json"), status_code=200 if body["status"] == "ok" else 503)
+
+    return await asyncio.get_running_loop().run_in_executor(state.health_executor, work)

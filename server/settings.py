@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -11,3 +11,5 @@ class Settings(BaseSettings):
 
     atlas: Path = Path("atlas")  # the atlas directory to serve
     per_page: PositiveInt = 256  # units per page of a layer's grid
+    cache_mb: NonNegativeInt = 64  # finished responses kept per worker process; 0 keeps none (ETags and 304s stay)
+    threads: PositiveInt = 8  # page builds at once per worker: SQLite reads and templates, bound by the GIL anyway

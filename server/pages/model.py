@@ -1,0 +1,34 @@
+"""``/models/{model}``: the model card, its layers in forward order, and every precompute run (provenance)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.pages.common import find_model, layer_ref, model_ref, rendered_counts, run_progress
+from server.urls import links, model_url
+from store.schema import Layer, Run
+
+
+def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, Any]:
+    model = find_model(session, slug)
+    rendered = rendered_counts(session, Layer.id, Layer.model_id == model.id)
+    runs = session.scalars(select(Run).where(Run.model_id == model.id).order_by(Run.started_at)).all()
+    newest = session.scalar(select(func.max(Run.id)))
+    return {
+        **links(model_url(model.slug)),
+        "model": {**model_ref(model), "description": model.description, "source": model.source, "card": model.card},
+        "layers": [{**layer_ref(model, layer), "n_rendered": rendered.get(layer.id, 0)} for layer in model.layers],
+        "runs": [
+            {
+                "id": run.id,
+                "config": run.config,
+                "started_at": run.started_at.isoformat(),
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "progress": run_progress(run, writer_active, run.id == newest),
+            }
+            for run in runs
+        ],
+    }
