@@ -4,7 +4,11 @@ base install."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -125,7 +129,9 @@ def precompute(
 
 
 def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str,
-                    force: bool = False, wait: bool = True) -> None:
+                    force: bool = False, wait: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Run the job with a progress bar. ``on_ready()`` is called once the atlas holds the model's layers and units
+    (so every page of it resolves), before the slow part starts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from precompute import job
@@ -143,6 +149,7 @@ def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size
                 progress.update(task, total=todo)
                 progress.console.print(f"{spec.slug}: {total} images planned, {total - todo} already in {atlas}, "
                                        f"{todo} to render on {device}")
+                on_ready()
 
             def on_batch(batch, saved: int) -> None:
                 progress.update(task, advance=saved, description=f"{spec.slug} {batch.layer.name} {batch.objective}")
@@ -158,24 +165,38 @@ def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size
     err.print(f"{spec.slug}: {rendered} images rendered into {atlas}; browse with `atlascope serve --atlas {atlas}`")
 
 
+def _default_workers() -> int:
+    """One server process per CPU this process may run on (the page cache is per process), at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @app.command()
 def serve(
     atlas: Path = typer.Option(Path("atlas"), "--atlas", help="Atlas directory to serve (read-only)."),
     host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    port: int = typer.Option(8000, min=0, max=65535),
+    workers: int = typer.Option(_default_workers(), min=1, help="Server processes (default: one per CPU, max 8)."),
 ) -> None:
-    """Serve an atlas over HTTP (no torch needed)."""
+    """Serve an atlas over HTTP (no torch needed). Reads while a precompute writes; never writes."""
     import uvicorn
 
     from server.app import create_app
     from store import AtlasError
 
     try:
-        web = create_app(atlas)
+        web = create_app(atlas)  # fails here, once, on a missing or foreign atlas, before any worker starts
     except AtlasError as exc:
         raise fail(str(exc)) from None
-    err.print(f"serving {atlas} at http://{host}:{port}/")
-    uvicorn.run(web, host=host, port=port, log_level="warning")
+    if web.state.integrity != "ok":
+        err.print(f"[bold yellow]warning:[/] the atlas index is damaged ({escape(web.state.integrity)}); serving what "
+                  f"is readable, /-/health answers 503. `atlascope verify --atlas {escape(str(atlas))}` says more.")
+    err.print(f"serving {atlas} at http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})")
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if workers == 1:
+        uvicorn.run(web, **options)
+    else:  # each worker builds its own app through the factory, from the same settings
+        os.environ["ATLASCOPE_ATLAS"] = str(atlas.resolve())
+        uvicorn.run("server.app:create_app", factory=True, workers=workers, **options)
 
 
 @app.command()
@@ -183,18 +204,38 @@ def demo(
     atlas: Path = typer.Option(Path("atlas"), "--atlas", help="Where to build the demo atlas."),
     steps: int = typer.Option(128, min=1, help="Optimisation steps per image."),
     host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    port: int = typer.Option(8000, min=0, max=65535),
     device: str = typer.Option("auto"),
+    workers: int = typer.Option(_default_workers(), min=1, help="Server processes."),
 ) -> None:
-    """Precompute the embedded default model into ATLAS (resuming if it exists), then serve it."""
+    """Serve the embedded default model's atlas at once and fill it while serving (resuming if it exists); keep
+    serving when it is complete, until Ctrl-C."""
     _require_torch()
     from render.featvis import RenderConfig
 
     spec = get_model(DEFAULT_MODEL)
-    _run_precompute(spec, atlas, select(spec, None, None), ["channel", "neuron"], RenderConfig(steps=steps), 32,
-                    _device(device))
-    serve(atlas=atlas, host=host, port=port)
+    server: subprocess.Popen | None = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server child too, as for Ctrl-C
 
+    def start_server() -> None:
+        nonlocal server
+        server = subprocess.Popen([sys.executable, "-m", "precompute.cli", "serve", "--atlas", str(atlas),
+                                   "--host", host, "--port", str(port), "--workers", str(workers)])
+        err.print(f"browse http://{host}:{port}/ now: pages fill in layer by layer as the job renders them")
+
+    try:
+        _run_precompute(spec, atlas, select(spec, None, None), ["channel", "neuron"], RenderConfig(steps=steps), 32,
+                        _device(device), on_ready=start_server)
+        if server is None or server.poll() is not None:
+            raise fail(f"the server stopped (exit code {server.returncode if server else None}); see its message above")
+        err.print(f"the demo atlas is complete; serving http://{host}:{port}/ until Ctrl-C")
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
 
 if __name__ == "__main__":
     app()
