@@ -4,12 +4,15 @@ serving it over HTTP from a subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -39,67 +42,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(atlas_dir: Path):
-    port = free_port()
-    proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(atlas_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode()}")
-            try:
-                if httpx.get(f"{url}/-/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not answer /-/health within 20 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def start_server(atlas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A factory: ``with start_server("--workers", "1", env={"ATLASCOPE_CACHE_MB": "0"}) as url:`` runs
-    ``atlascope serve`` on ``atlas_dir`` with those arguments and environment, on a free port, for the block.
+@contextmanager
+def serving(atlas: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``atlascope serve`` on ``atlas`` with those arguments and environment on a free port, for the block.
 
     The server writes to a log file rather than a pipe: under load or bad input a server logs a lot, and a full pipe
     that nobody reads would freeze it. The log's tail goes into the error if the server exits or never answers.
     """
-
-    @contextmanager
-    def start(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-        port = free_port()
-        log = tmp_path_factory.mktemp("server") / "serve.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(atlas_dir), "--port", str(port), *args],
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "NO_COLOR": "1", **(env or {})})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60  # several workers starting on two busy cores
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server {args} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/-/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server {args} did not answer /-/health in 60 s: {log.read_text()[-3000:]}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="atlascope-serve-"))
+    log = log_dir / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(atlas), "--port", str(port), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60  # several workers starting on two busy cores
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server {args} exited with {proc.returncode}: {log.read_text()[-3000:]}")
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                if httpx.get(f"{url}/-/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {args} did not answer /-/health in 60 s: {log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
-    return start
+
+@pytest.fixture(scope="session")
+def live_server(atlas_dir: Path):
+    with serving(atlas_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def start_server(atlas_dir: Path):
+    """A factory: ``with start_server("--workers", "1", env={"ATLASCOPE_CACHE_MB": "0"}) as url:`` serves
+    ``atlas_dir`` with those arguments and environment for the block."""
+    return partial(serving, atlas_dir)

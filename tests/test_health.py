@@ -1,0 +1,73 @@
+"""Health that means it: a damaged index is reported by ``/-/health`` and by every page it breaks, as a clear 503 in
+the client's format, never as a plain 500; a healthy one says ok and what it serves."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from tests.conftest import ATLASCOPE, free_port
+from tests.damage import garbage_table_root
+
+
+@pytest.fixture()
+def damaged(atlas_dir: Path, tmp_path: Path) -> Path:
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    garbage_table_root(atlas, "unit_images")
+    return atlas
+
+
+def test_health_of_a_good_atlas(live_server: str):
+    health = httpx.get(f"{live_server}/-/health").json()
+    assert health["status"] == "ok" and health["integrity"] == "ok" and health["message"] is None
+    assert health["models"] == 1 and health["generation"] > 0 and health["writer_active"] is False
+
+
+def test_damaged_index_gives_503_not_500(damaged: Path):
+    client = TestClient(create_app(damaged), raise_server_exceptions=False)
+    health = client.get("/-/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "damaged" and health.json()["integrity"] != "ok"
+    broken = 0
+    for url in ("/", "/models/tinyvision", "/models/tinyvision/conv1", "/models/tinyvision/conv1/0"):
+        for variant, headers in ((url + ".json" if url != "/" else "/.json", {}), (url, {"Accept": "text/html"})):
+            response = client.get(variant, headers=headers)
+            assert response.status_code in (200, 503), (variant, response.status_code, response.text[:200])
+            if response.status_code == 503:
+                broken += 1
+                if variant.endswith(".json"):
+                    message = response.json()["error"]["message"]
+                else:
+                    assert response.headers["content-type"].startswith("text/html")
+                    message = response.text
+                assert "damaged" in message and "atlascope verify" in message, message[:300]
+    assert broken >= 4  # every page that reads unit images fails, and says why
+
+
+
+def test_serve_warns_about_a_damaged_index_and_serves_what_it_can(damaged: Path):
+    port = free_port()
+    proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(damaged), "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/-/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health.status_code == 503 and health.json()["status"] == "damaged"
+        assert httpx.get(f"http://127.0.0.1:{port}/static/atlas.css").status_code == 200
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "warning: the atlas index is damaged" in " ".join(output.split()) and "atlascope verify" in output
