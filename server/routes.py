@@ -32,7 +32,7 @@ from server.templating import render_page
 from server.twins import ErrorBody, Health, IndexPage, LayerPage, ModelPage, Twin, UnitPage
 from server.urls import DEFAULT_KIND
 from store import FORMAT_VERSION
-from store.errors import BUSY, classify
+from store.errors import BUSY, INTERRUPTED, classify
 from store.schema import Asset, Model
 
 router = APIRouter()
@@ -175,7 +175,8 @@ async def health(request: Request) -> Response:
             failure = classify(exc, state.settings.atlas)
             if failure is None:
                 raise
-            body["status"], body["message"] = ("busy" if failure.kind == BUSY else "damaged"), failure.message
+            status = failure.kind if failure.kind in (BUSY, INTERRUPTED) else "damaged"
+            body["status"], body["message"] = status, failure.message
         if body["status"] == "ok" and (state.damage or state.integrity != "ok"):
             body["status"], body["message"] = "damaged", state.damage or f"atlas index damaged: {state.integrity}"
         return JSONResponse(Health(**body).model_dump(mode="json"), status_code=200 if body["status"] == "ok" else 503)

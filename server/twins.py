@@ -216,7 +216,8 @@ class ErrorBody(Twin):
 
 
 class Health(Twin):
-    status: Literal["ok", "damaged", "busy"]
+    status: Literal["ok", "damaged", "busy", "interrupted"] = Field(
+        description="`interrupted`: a job was killed mid-commit, and the next precompute into the atlas repairs it.")
     message: str | None = Field(description="What is wrong, when status is not ok.")
     models: int | None
     format_version: int

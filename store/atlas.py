@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.errors import DAMAGED, AtlasError, describe, unwritable
+from store.errors import BUSY, DAMAGED, INTERRUPTED, AtlasError, classify, describe, unwritable
 from store.lock import writer_lock
 from store.schema import FORMAT_VERSION, MIGRATIONS, Asset, Base, Meta, unreferenced_assets
 
@@ -58,6 +58,9 @@ class Atlas:
             with atlas.engine.connect() as conn:
                 found = format_version(conn, atlas.db_path)
         except DatabaseError as exc:
+            failure = classify(exc, atlas.db_path)
+            if failure is not None and failure.kind in (INTERRUPTED, BUSY):  # a sound atlas, just not readable now
+                raise AtlasError(failure.message) from exc
             raise AtlasError(f"{atlas.db_path} is not an atlas index: {exc.orig}") from exc
         if problem := version_problem(atlas.root, found):
             raise AtlasError(problem)

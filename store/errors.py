@@ -22,12 +22,14 @@ BUSY = "busy"  # another connection holds a lock longer than we wait; trying aga
 FULL = "full"  # no space left on the device
 READ_ONLY = "read-only"  # a read-only file, directory or file system
 DENIED = "denied"  # missing permissions
+INTERRUPTED = "interrupted"  # a writer died mid-commit: its journal must be rolled back, which readers cannot do
 UNAVAILABLE = "unavailable"  # anything else the environment did
 
 _SQLITE_KINDS = {
     "SQLITE_CORRUPT": DAMAGED, "SQLITE_NOTADB": DAMAGED, "SQLITE_FORMAT": DAMAGED,
     "SQLITE_BUSY": BUSY, "SQLITE_LOCKED": BUSY,
     "SQLITE_FULL": FULL,
+    "SQLITE_READONLY_ROLLBACK": INTERRUPTED,  # before SQLITE_READONLY, which it starts with
     "SQLITE_READONLY": READ_ONLY,
     "SQLITE_PERM": DENIED, "SQLITE_AUTH": DENIED,
 }
@@ -85,5 +87,8 @@ def describe(kind: str, where: Path | str, detail: str) -> str:
               f"again",
         READ_ONLY: f"the atlas at {where} is read-only ({detail}); write to a copy or another --atlas directory",
         DENIED: f"permission denied for {where} ({detail}); choose a directory you can write to",
+        INTERRUPTED: f"a precompute writing to the atlas at {where} was killed in the middle of a commit ({detail}); "
+                     f"the next `atlascope precompute` into it rolls that commit back, and until then it cannot be "
+                     f"read",
         UNAVAILABLE: f"the atlas at {where} could not be used ({detail})",
     }[kind]

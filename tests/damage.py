@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -109,3 +111,14 @@ def garbage_table_root(atlas: Path, table: str) -> str:
         fh.seek((root - 1) * size)
         fh.write(os.urandom(size))
     return str(db)
+
+
+def killed_mid_commit(atlas: Path) -> str:
+    """A writer killed by kill -9 while SQLite was writing its transaction into the index: a hot journal stays
+    beside it, which only a writer may roll back."""
+    code = (f"import os, sqlite3\ndb = sqlite3.connect({str(atlas / 'atlas.db')!r}, isolation_level=None)\n"
+            "db.execute('PRAGMA cache_size=1')\ndb.execute('BEGIN')\n"
+            "db.execute(\"UPDATE units SET label = 'half-written'\")\nos._exit(9)\n")
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert (atlas / "atlas.db-journal").exists()
+    return str(atlas / "atlas.db-journal")

@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from store import AtlasError
 from tests.conftest import ATLASCOPE, free_port
-from tests.damage import garbage_table_root
+from tests.damage import garbage_table_root, killed_mid_commit
 
 
 @pytest.fixture()
@@ -71,3 +72,20 @@ def test_serve_warns_about_a_damaged_index_and_serves_what_it_can(damaged: Path)
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert "warning: the atlas index is damaged" in " ".join(output.split()) and "atlascope verify" in output
+
+
+def test_a_writer_killed_mid_commit_is_named_as_such(atlas_dir: Path, tmp_path: Path):
+    """The job died inside a commit: its hot journal can only be rolled back by a writer, so readers say exactly
+    that, and the next precompute repairs the atlas (the job's tests cover the repair)."""
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    client = TestClient(create_app(atlas), raise_server_exceptions=False)
+    assert client.get("/models/tinyvision/conv1/1.json").status_code == 200
+    killed_mid_commit(atlas)
+    for url in ("/models/tinyvision/conv1/2.json", "/-/health"):
+        response = client.get(url)
+        assert response.status_code == 503, (url, response.text)
+        assert "killed in the middle of a commit" in response.text and "atlascope precompute" in response.text
+    assert client.get("/-/health").json()["status"] == "interrupted"
+    with pytest.raises(AtlasError, match="killed in the middle of a commit"):
+        create_app(atlas)

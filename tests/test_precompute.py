@@ -20,7 +20,7 @@ import pytest
 
 from store import Atlas, AtlasError
 from tests.conftest import ATLASCOPE, SHORT_PRECOMPUTE, atlascope
-from tests.damage import orphan_blob, tmp_file, unreferenced_asset
+from tests.damage import killed_mid_commit, orphan_blob, tmp_file, unreferenced_asset
 
 TINY = ["--layers", "conv1", "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--device", "cpu"]
 
@@ -245,5 +245,19 @@ def test_leftovers_are_collected_before_a_run(atlas_dir: Path, tmp_path: Path):
         leave(atlas)
     done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
     assert done.returncode == 0, done.stderr
+    assert images(atlas) == images(atlas_dir)
+    assert_consistent(atlas)
+
+
+def test_a_commit_cut_short_by_kill_9_is_rolled_back_by_the_next_run(atlas_dir: Path, tmp_path: Path):
+    """Readers cannot roll back a hot journal (the server says so with a 503); the next writer does, first thing."""
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    killed_mid_commit(atlas)
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
+    assert done.returncode == 0, done.stderr
+    assert not (atlas / "atlas.db-journal").exists()
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM units WHERE label = 'half-written'").fetchone() == (0,)
     assert images(atlas) == images(atlas_dir)
     assert_consistent(atlas)
