@@ -39,15 +39,22 @@ def find_layer(session: Session, model: Model, name: str) -> Layer:
     return layer
 
 
+UNIT_NUMBER = re.compile(r"0|-?[1-9][0-9]*")  # one way to write each number: no sign on 0, no leading zeros
+
+
+def unit_number(raw: str) -> int | None:
+    """The number a path segment writes, if it writes one the canonical way and short enough to be a unit's."""
+    return int(raw) if UNIT_NUMBER.fullmatch(raw) and len(raw.lstrip("-")) <= MAX_DIGITS else None
+
+
 def parse_unit(layer: Layer, raw: str) -> int:
-    """The unit a path names. Numbers are written one way only (no sign on 0, no leading zeros), so each unit has
-    exactly one URL to cite."""
-    if not re.fullmatch(r"0|-?[1-9][0-9]*", raw):
+    """The unit a path names. Numbers are written one way only, so each unit has exactly one URL to cite."""
+    if not UNIT_NUMBER.fullmatch(raw):
         raise NotFound(f"unit {echo(raw)} not found: units are numbered 0, 1, 2, ...")
     have = f"{layer.n_units} units (0–{layer.n_units - 1})" if layer.n_units else "no units"
-    if len(raw.lstrip("-")) > MAX_DIGITS:
+    index = unit_number(raw)
+    if index is None:
         raise NotFound(f"unit {echo(raw)} out of range: layer {layer.name} has {have}")
-    index = int(raw)
     if not 0 <= index < layer.n_units:
         raise NotFound(f"unit {index} out of range: layer {layer.name} has {have}")
     return index

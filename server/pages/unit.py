@@ -8,28 +8,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from server.pages.common import (
-    asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_ref,
+    asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
 )
 from server.urls import layer_page_url, links, unit_url
 from store.schema import Asset, Circuit, CircuitNode, Edge, Example, Layer, Model, Unit, UnitImage
 
 MAX_EDGES = 24  # strongest connections listed per direction on a unit page
 
+# Statements are built once: building a select() costs more than running it on a page this size, and a unit page is
+# what a cold cache builds most. ``:unit`` is a unit's id.
+LOCATE = (select(Model, Layer, Unit).join(Layer, Layer.model_id == Model.id)
+          .outerjoin(Unit, (Unit.layer_id == Layer.id) & (Unit.index == bindparam("index")))
+          .where(Model.slug == bindparam("slug"), Layer.name == bindparam("layer")))
+IMAGES = select(UnitImage).where(UnitImage.unit_id == bindparam("unit")).order_by(UnitImage.kind)
+EXAMPLES = (select(Example, Asset).outerjoin(Asset, Asset.sha256 == Example.asset_sha256)
+            .where(Example.unit_id == bindparam("unit")).order_by(Example.kind, Example.rank))
+CIRCUITS = (select(Circuit, CircuitNode.score, Asset).join(CircuitNode, CircuitNode.circuit_id == Circuit.id)
+            .outerjoin(Asset, Asset.sha256 == Circuit.graph_sha256)
+            .where(CircuitNode.unit_id == bindparam("unit")).order_by(Circuit.slug))
+
+
+def _edge_statements(here: Any, there: Any) -> tuple[Any, Any]:
+    """The strongest edges at ``here == :unit`` with the unit at ``there``, and how many there are."""
+    other = aliased(Unit)
+    strongest = (select(Edge, other.index, Layer.name, Model.slug, Asset)
+                 .join(other, other.id == there).join(Layer, Layer.id == other.layer_id)
+                 .join(Model, Model.id == Layer.model_id).outerjoin(Asset, Asset.sha256 == Edge.asset_sha256)
+                 .where(here == bindparam("unit")).order_by(func.abs(Edge.weight).desc()).limit(MAX_EDGES))
+    return strongest, select(func.count()).select_from(Edge).where(here == bindparam("unit"))
+
+
+EDGES = {"in": _edge_statements(Edge.dst_unit_id, Edge.src_unit_id),  # units this one reads
+         "out": _edge_statements(Edge.src_unit_id, Edge.dst_unit_id)}  # units that read this one
+
 
 def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: int,
               writer_active: bool) -> dict[str, Any]:
-    model = find_model(session, slug)
-    layer = find_layer(session, model, name)
+    row = session.execute(LOCATE, {"slug": slug, "layer": name, "index": unit_number(raw_index)}).first()
+    if row is None:  # no such model or layer: the lookups say which
+        find_layer(session, find_model(session, slug), name)
+    model, layer, unit = row
     index = parse_unit(layer, raw_index)
-    unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index))
     stats = unit.stats if unit else {}
-    images = []
-    if unit:
-        images = session.scalars(select(UnitImage).where(UnitImage.unit_id == unit.id).order_by(UnitImage.kind)).all()
+    images = session.scalars(IMAGES, {"unit": unit.id}).all() if unit else []
     no_edges = {"total": 0, "shown": []}
     return {
         **links(unit_url(model.slug, layer.name, index)),
@@ -42,7 +67,7 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
         "stats": stats,
         "images": [image_dict(image, stats) for image in images],
         "examples": examples(session, unit) if unit else [],
-        "edges": {d: edges(session, unit, d) if unit else no_edges for d in ("in", "out")},
+        "edges": {d: edges(session, unit, d) if unit else no_edges for d in EDGES},
         "circuits": circuits(session, unit) if unit else [],
         "prev": unit_ref(model.slug, layer.name, index - 1) if index > 0 else None,
         "next": unit_ref(model.slug, layer.name, index + 1) if index + 1 < layer.n_units else None,
@@ -51,34 +76,18 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
 
 
 def examples(session: Session, unit: Unit) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(Example, Asset)
-        .outerjoin(Asset, Asset.sha256 == Example.asset_sha256)
-        .where(Example.unit_id == unit.id)
-        .order_by(Example.kind, Example.rank)
-    ).all()
     return [
         {"kind": ex.kind, "rank": ex.rank, "activation": ex.activation, "source": ex.source, "image": asset_dict(asset)}
-        for ex, asset in rows
+        for ex, asset in session.execute(EXAMPLES, {"unit": unit.id})
     ]
 
 
 def edges(session: Session, unit: Unit, direction: str) -> dict[str, Any]:
-    """The strongest connections into (``in``: units this one reads) or out of this unit, and how many there are."""
-    here, there = (Edge.dst_unit_id, Edge.src_unit_id) if direction == "in" else (Edge.src_unit_id, Edge.dst_unit_id)
-    other = aliased(Unit)
-    rows = session.execute(
-        select(Edge, other.index, Layer.name, Model.slug, Asset)
-        .join(other, other.id == there)
-        .join(Layer, Layer.id == other.layer_id)
-        .join(Model, Model.id == Layer.model_id)
-        .outerjoin(Asset, Asset.sha256 == Edge.asset_sha256)
-        .where(here == unit.id)
-        .order_by(func.abs(Edge.weight).desc())
-        .limit(MAX_EDGES)
-    ).all()
+    """The strongest connections in one direction, and how many there are (counted only when the list is full)."""
+    strongest, count = EDGES[direction]
+    rows = session.execute(strongest, {"unit": unit.id}).all()
     return {
-        "total": session.scalar(select(func.count()).select_from(Edge).where(here == unit.id)),
+        "total": len(rows) if len(rows) < MAX_EDGES else session.scalar(count, {"unit": unit.id}),
         "shown": [
             {"kind": edge.kind, "weight": edge.weight, "unit": unit_ref(slug, name, index), "image": asset_dict(asset)}
             for edge, index, name, slug, asset in rows
@@ -87,13 +96,6 @@ def edges(session: Session, unit: Unit, direction: str) -> dict[str, Any]:
 
 
 def circuits(session: Session, unit: Unit) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(Circuit, CircuitNode.score, Asset)
-        .join(CircuitNode, CircuitNode.circuit_id == Circuit.id)
-        .outerjoin(Asset, Asset.sha256 == Circuit.graph_sha256)
-        .where(CircuitNode.unit_id == unit.id)
-        .order_by(Circuit.slug)
-    ).all()
     return [
         {
             "slug": circuit.slug,
@@ -106,5 +108,5 @@ def circuits(session: Session, unit: Unit) -> list[dict[str, Any]]:
             "score": score,
             "graph": asset_dict(asset),
         }
-        for circuit, score, asset in rows
+        for circuit, score, asset in session.execute(CIRCUITS, {"unit": unit.id})
     ]
