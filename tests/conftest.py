@@ -91,3 +91,21 @@ def start_server(atlas_dir: Path):
     """A factory: ``with start_server("--workers", "1", env={"ATLASCOPE_CACHE_MB": "0"}) as url:`` serves
     ``atlas_dir`` with those arguments and environment for the block."""
     return partial(serving, atlas_dir)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"
+]
+
+
+@pytest.fixture(scope="module")
+def page():
+    """A page in Debian's headless Chromium, driven by Playwright (`make test` installs Chromium when it can)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} to drive")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+        browser.close()

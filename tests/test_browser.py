@@ -3,23 +3,6 @@
 from pathlib import Path
 
 import httpx
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} to drive")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
-
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"
-]
-
-
-@pytest.fixture(scope="module")
-def page():
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser.new_page(viewport={"width": 1280, "height": 900})
-        browser.close()
 
 
 def first_rendered_unit(live_server: str) -> dict:

@@ -1,5 +1,6 @@
 """The server reads an atlas while a real precompute fills it: the index shows the job's progress, units not rendered
-yet say so and refresh themselves, and every commit shows up without restarting the server."""
+yet say so and refresh themselves (in a real Chromium, the image appears without a click), and every commit shows up
+without restarting the server."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import ATLASCOPE, serving
+from tests.conftest import ATLASCOPE, CHROMIUM, serving
 
 SLOW_PRECOMPUTE = ["--layers", "conv1", "--units", "0-7", "--objectives", "channel", "--steps", "256",
                    "--batch-size", "2", "--device", "cpu"]  # four commits, seconds apart: the server starts in time
@@ -34,7 +36,15 @@ def poll(get, until, seconds: float = 240):
     raise AssertionError(f"gave up waiting; last value: {value!r}")
 
 
-def test_pages_follow_the_job(tmp_path: Path):
+def browser_page(request: pytest.FixtureRequest):
+    """Chromium's page where it can run, else None: the HTTP half of the test stands on its own."""
+    try:
+        return request.getfixturevalue("page") if CHROMIUM.exists() else None
+    except pytest.skip.Exception:
+        return None
+
+
+def test_pages_follow_the_job(tmp_path: Path, request: pytest.FixtureRequest):
     atlas = tmp_path / "atlas"
     job = subprocess.Popen([*ATLASCOPE, "precompute", "tinyvision", "--atlas", str(atlas), *SLOW_PRECOMPUTE],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -50,6 +60,12 @@ def test_pages_follow_the_job(tmp_path: Path):
             html = client.get("/models/tinyvision/conv1/7").text
             assert "Not rendered yet" in html and "filling this atlas right now" in html
             assert '<meta http-equiv="refresh"' in html
+            browser = browser_page(request)
+            if browser is not None:  # the page reloads itself until the job has rendered the unit
+                browser.goto(url + "/models/tinyvision/conv1/7", wait_until="load")
+                assert browser.locator(".unit-image img").count() == 0
+                browser.wait_for_function("() => document.querySelector('.unit-image img')?.naturalWidth > 0",
+                                          timeout=240_000)
 
             assert job.wait(timeout=240) == 0, job.stderr.read()
             index = client.get("/.json").json()
