@@ -159,7 +159,8 @@ async def asset(request: Request, name: str) -> Response:
 
 
 @router.get("/-/health", tags=["meta"], summary="Whether the atlas can be served, and what is served",
-            response_model=Health, responses={503: {"model": Health, "description": "The atlas is damaged or busy."}})
+            response_model=Health,
+            responses={503: {"model": Health, "description": "The atlas is damaged, busy, or was left mid-commit."}})
 async def health(request: Request) -> Response:
     """Never cached, and run on its own thread so that a queue of page builds cannot delay it."""
     state = request.app.state
