@@ -62,9 +62,16 @@ def last_progress(atlas: Path) -> dict:
         return json.loads(db.execute("SELECT progress FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0])
 
 
+def as_in_a_terminal() -> None:
+    """Give the child SIGINT's default disposition, as a terminal's foreground job has. A test run started in the
+    background of a non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    that made the Ctrl-C case pass or fail with how pytest itself was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_midway(atlas: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
     proc = subprocess.Popen([*ATLASCOPE, "precompute", "tinyvision", "--atlas", str(atlas), *SHORT_PRECOMPUTE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 300
     while count_images(atlas) < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
