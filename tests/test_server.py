@@ -153,6 +153,8 @@ def bad_paths(model: dict, layer: dict) -> list[tuple[str, str]]:
         (f"/models/{slug}/no-such-layer", f"layer 'no-such-layer' not found in model '{slug}'"),
         (f"{base}/abc", "unit 'abc' not found"),
         (f"{base}/1.5", "unit '1.5' not found"),
+        (f"{base}/0005", "unit '0005' not found"),  # one URL per unit: no leading zeros
+        (f"{base}/-0", "unit '-0' not found"),
         (f"{base}/{n}", f"unit {n} out of range: {out_of_range}"),
         (f"{base}/999999", f"unit 999999 out of range: {out_of_range}"),
         (f"{base}/-1", f"unit -1 out of range: {out_of_range}"),
