@@ -43,15 +43,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(atlas: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(atlas: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
     """Run ``atlascope serve`` on ``atlas`` with those arguments and environment on a free port, for the block.
 
     The server writes to a log file rather than a pipe: under load or bad input a server logs a lot, and a full pipe
-    that nobody reads would freeze it. The log's tail goes into the error if the server exits or never answers.
+    that nobody reads would freeze it. The log's tail goes into the error if the server exits or never answers; pass
+    ``log`` to keep it and read what the server said.
     """
     port = free_port()
-    log_dir = Path(tempfile.mkdtemp(prefix="atlascope-serve-"))
-    log = log_dir / "serve.log"
+    log_dir = None if log else Path(tempfile.mkdtemp(prefix="atlascope-serve-"))
+    log = log or log_dir / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(atlas), "--port", str(port), *args],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1", **(env or {})})
@@ -77,7 +78,8 @@ def serving(atlas: Path, *args: str, env: dict[str, str] | None = None) -> Itera
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(log_dir, ignore_errors=True)
+        if log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

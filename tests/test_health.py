@@ -4,8 +4,6 @@ the client's format, never as a plain 500; a healthy one says ok and what it ser
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from store import AtlasError
-from tests.conftest import ATLASCOPE, free_port
+from tests.conftest import serving
 from tests.damage import garbage_table_root, killed_mid_commit
 
 
@@ -54,23 +52,13 @@ def test_damaged_index_gives_503_not_500(damaged: Path):
 
 
 
-def test_serve_warns_about_a_damaged_index_and_serves_what_it_can(damaged: Path):
-    port = free_port()
-    proc = subprocess.Popen([*ATLASCOPE, "serve", "--atlas", str(damaged), "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/-/health", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+def test_serve_warns_about_a_damaged_index_and_serves_what_it_can(damaged: Path, tmp_path: Path):
+    log = tmp_path / "serve.log"
+    with serving(damaged, "--workers", "1", log=log) as url:
+        health = httpx.get(f"{url}/-/health")
         assert health.status_code == 503 and health.json()["status"] == "damaged"
-        assert httpx.get(f"http://127.0.0.1:{port}/static/atlas.css").status_code == 200
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
+        assert httpx.get(f"{url}/static/atlas.css").status_code == 200
+    output = log.read_text()
     assert "warning: the atlas index is damaged" in " ".join(output.split()) and "atlascope verify" in output
 
 
