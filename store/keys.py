@@ -1,0 +1,87 @@
+"""Named keys for what the job writes and the server reads in JSON columns, so the two rooms share one spelling.
+
+Vision units keep their channel statistics under ``DATASET_*``; language-model units keep per-token statistics under
+the ``LM_*`` names below. Examples and edges use the kinds listed here. No torch, no SQLAlchemy: both sides import it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stat(StrEnum):
+    """Keys of ``units.stats``."""
+
+    # vision: the channel's spatial mean over held-out images
+    DATASET_MEAN = "dataset_mean"
+    DATASET_STD = "dataset_std"
+    DATASET_MAX = "dataset_max"
+    N = "n"  # how many inputs (images, or tokens for a language model) the statistics cover
+    MEASURE = "measure"  # one sentence saying what was measured
+
+    # language models: the unit's activation at every token of the held-out sample
+    DENSITY = "density"  # fraction of tokens where the activation is nonzero
+    MEAN = "mean"  # mean activation over all tokens
+    MAX = "max"  # largest activation
+    MIN = "min"  # smallest activation
+    # {"edges": [b + 1 floats], "counts": [b ints]}: nonzero activations; values outside the edges are counted in
+    # the first or last bin, and "clipped" says how many were.
+    HISTOGRAM = "histogram"
+    # {"promoted": [{"token", "id", "value"}], "suppressed": [...]}: the unembedding (through the final norm's gain)
+    # applied to the unit's output direction; only units that write to the residual stream have them.
+    LOGIT_EFFECTS = "logit_effects"
+    TOP_TOKENS = "top_tokens"  # the tokens its top contexts peak on, commonest first: [str]
+
+
+class ExampleKind(StrEnum):
+    """``examples.kind``. A language-model example's ``source`` is a token window (see ``ContextKey``)."""
+
+    TOP = "top"  # ranked by activation, highest first
+    RANDOM = "random"  # drawn uniformly from the tokens where the unit is nonzero, in sample order
+
+
+class ContextKey(StrEnum):
+    """Keys of a token window in ``examples.source``."""
+
+    TOKENS = "tokens"  # [str]: each token's text; joined they give the source text
+    VALUES = "values"  # [float]: the unit's activation at each token
+    POSITION = "position"  # index in the window of the token the example is about (the maximum, for top)
+    DOCUMENT = "document"  # the held-out file the window comes from
+    OFFSET = "offset"  # the window's first token in the held-out sample
+
+
+class EdgeKind(StrEnum):
+    """``edges.kind``."""
+
+    WEIGHT = "weight"  # a direct weight (for a language model: through the norm's gain where one sits between)
+    EXPANDED = "expanded_weight"  # product of weights through non-linearities replaced by identity
+
+
+class CardKey(StrEnum):
+    """Top-level keys of a language model's ``models.card`` (vision cards keep their older free-form keys)."""
+
+    ARCHITECTURE = "architecture"  # the model's config: n_layer, d_model, n_head, d_head, d_mlp, afrac, ...
+    # {"weights": "sparse" | "dense", "target": float | None, "nonzero_fraction": float (all sparse matrices),
+    #  "matrices": {param name: {"shape": [out, in], "nonzero": int, "fraction": float}}}
+    SPARSITY = "sparsity"
+    # {"loss": nats per token, "tokens": int, "corpus_sha256": str, "files": int}
+    HELDOUT = "heldout"
+    # {task name: {"accuracy": float, "loss": float, "pairs": int, "chance": 0.5}}
+    TASKS = "tasks"
+    # {"command": str, "seconds": float, "steps": int, "tokens": int, "threads": int}
+    TRAINING = "training"
+    # {"name": str, "vocab_size": int, "sha256": str}
+    TOKENIZER = "tokenizer"
+    WEIGHTS = "weights"  # {"file": str, "sha256": str}
+
+
+class LayerKind(StrEnum):
+    """``layers.kind`` of a language model's layers; the layer's name is ``{block}.{kind}`` (``0.mlp.post_act``)."""
+
+    RESID_PRE = "resid_pre"  # the residual stream a block reads (block 0: the embeddings)
+    RESID_MID = "resid_mid"  # between a block's attention and its MLP
+    RESID_POST = "resid_post"  # after the last block: what the unembedding reads
+    ATTN_Q = "attn.q"
+    ATTN_K = "attn.k"
+    ATTN_V = "attn.v"
+    MLP = "mlp.post_act"
