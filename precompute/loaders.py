@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from precompute.registry import TINYVISION
+from precompute.registry import TINYVISION, ModelSpec
 
 
 class WeightsError(Exception):
@@ -23,11 +23,11 @@ def verified_state_dict(path: Path, sha256: str | None, remedy: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_tinyvision() -> torch.nn.Module:
+def load_tinyvision(spec: ModelSpec = TINYVISION) -> torch.nn.Module:
     from precompute.datasets.patterns import CLASSES
     from precompute.organisms.tinyvision import TinyVision
 
-    card = TINYVISION.card()
+    card = spec.card()
     model = TinyVision(len(CLASSES))
     model.load_state_dict(verified_state_dict(
         TINYVISION.card_file.with_name(card["weights"]["file"]), card["weights"]["sha256"],
@@ -41,3 +41,10 @@ def tinyvision_sample() -> torch.Tensor:
     from precompute.organisms.train_tinyvision import to_tensor
 
     return to_tensor(make_batch(30 * len(CLASSES), "test", seed=0).images)
+
+
+def load_tinylm(spec: ModelSpec) -> torch.nn.Module:
+    """An embedded language organism, checked against the sha256 on its card."""
+    from precompute.organisms import tinylm
+
+    return tinylm.load(spec.slug, spec.card().get("weights", {}).get("sha256"))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from store.keys import CardKey, LayerKind
+
 ORGANISMS = Path(__file__).parent / "organisms"
 
 
@@ -33,6 +35,7 @@ class ModelSpec:
     loader: str  # "module:function" returning the nn.Module in eval mode, on the CPU
     dataset: str  # "module:function" returning a sample of inputs for activation statistics
     card_file: Path | None = None
+    weights: Path | None = None  # a user's weights file or directory (``--weights``), for loaders that take one
 
     def layer(self, name: str) -> LayerSpec:
         for layer in self.layers:
@@ -44,7 +47,8 @@ class ModelSpec:
         return json.loads(self.card_file.read_text()) if self.card_file else {}
 
     def load(self):
-        return _resolve(self.loader)()
+        """The model in eval mode on the CPU; the loader gets this spec (for ``weights`` and the card)."""
+        return _resolve(self.loader)(self)
 
     def dataset_sample(self):
         return _resolve(self.dataset)()
@@ -80,7 +84,49 @@ TINYVISION = ModelSpec(
     card_file=ORGANISMS / "tinyvision.json",
 )
 
-REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in (TINYVISION,)}
+
+
+def language_layers(n_layer: int, d_model: int, d_mlp: int, d_attn: int) -> tuple[LayerSpec, ...]:
+    """A language model's layers in forward order: per block the residual stream it reads, the q/k/v channels, the
+    residual stream between attention and MLP and the MLP neurons, then the residual stream the unembedding reads.
+    A layer's name is its hook point's (``precompute.lm.model.SparseGPT.hook_points``) and is also its module."""
+    widths = {LayerKind.RESID_PRE: d_model, LayerKind.ATTN_Q: d_attn, LayerKind.ATTN_K: d_attn,
+              LayerKind.ATTN_V: d_attn, LayerKind.RESID_MID: d_model, LayerKind.MLP: d_mlp}
+    layers = [LayerSpec(f"{block}.{kind}", f"{block}.{kind}", kind.value, width, (width,))
+              for block in range(n_layer) for kind, width in widths.items()]
+    last = f"{n_layer - 1}.{LayerKind.RESID_POST}"
+    return (*layers, LayerSpec(last, last, LayerKind.RESID_POST.value, d_model, (d_model,)))
+
+
+def _tinylm(variant: str, description: str) -> ModelSpec:
+    """An embedded language organism; its layers come from the architecture on its committed card."""
+    card_file = ORGANISMS / f"tinylm-{variant}.json"
+    arch = json.loads(card_file.read_text())[CardKey.ARCHITECTURE] if card_file.is_file() else None
+    layers = language_layers(arch["n_layer"], arch["d_model"], arch["d_mlp"], arch["n_head"] * arch["d_head"]) \
+        if arch else ()
+    return ModelSpec(
+        slug=f"tinylm-{variant}",
+        title=f"TinyLM {variant} (embedded organism)",
+        kind="language",
+        description=description,
+        source=f"embedded: precompute/organisms/tinylm-{variant}.pt, made by "
+               f"`python -m precompute.organisms.train_tinylm {variant}`",
+        layers=layers,
+        loader="precompute.loaders:load_tinylm",
+        dataset="precompute.lm.corpus:load_heldout",
+        card_file=card_file if card_file.is_file() else None,
+    )
+
+
+TINYLM_SPARSE = _tinylm("sparse", "A two-block GPT trained by atlascope on Python source that ships with Python and its "
+                                  "installed packages, with nearly all of its weights forced to zero as in OpenAI's "
+                                  "weight-sparse transformers: each unit reads and writes few others, so its "
+                                  "connections can be read one by one.")
+TINYLM_DENSE = _tinylm("dense", "The dense twin of TinyLM sparse: the same shape and activation sparsity, ordinary "
+                                "dense weights, trained until its held-out loss matched the sparse model's, so the "
+                                "two can be compared at equal loss.")
+
+REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in (TINYVISION, TINYLM_SPARSE, TINYLM_DENSE)}
 DEFAULT_MODEL = TINYVISION.slug
 
 
