@@ -1,0 +1,1 @@
+"""Language models: the weight-sparse GPT, its corpus, tokenizer, tasks and training."""
