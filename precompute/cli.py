@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from precompute.lm.openai_checkpoint import CheckpointError
 from precompute.plan import PlanError, parse_units, select
 from precompute.registry import DEFAULT_MODEL, REGISTRY, get_model
 
@@ -99,6 +100,8 @@ def _device(name: str) -> str:
 def precompute(
     slug: str = typer.Argument(..., help="Model to precompute (see `atlascope models`)."),
     atlas: Path = typer.Option(..., "--atlas", help="Atlas directory (created if missing)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A released model's directory, for openai-csp "
+                                                                    "(beeg_config.json and final_model.pt)."),
     layers: Optional[str] = typer.Option(None, help="Comma-separated layer names (default: all)."),
     units: Optional[str] = typer.Option(None, help="Units of each layer, e.g. 0-15,20 (default: all)."),
     steps: int = typer.Option(512, min=1, help="Optimisation steps per image."),
@@ -114,9 +117,9 @@ def precompute(
 ) -> None:
     """Render feature visualisations into an atlas. Resumable: rerun the same command after an interrupt."""
     try:
-        spec = get_model(slug)
+        spec = get_model(slug, weights)
         selection = select(spec, layers.split(",") if layers else None, parse_units(units) if units else None)
-    except (KeyError, PlanError) as exc:
+    except (KeyError, PlanError, CheckpointError) as exc:
         raise fail(exc.args[0]) from None
     chosen = objectives.split(",")
     _require_torch()

@@ -48,3 +48,23 @@ def load_tinylm(spec: ModelSpec) -> torch.nn.Module:
     from precompute.organisms import tinylm
 
     return tinylm.load(spec.slug, spec.card().get("weights", {}).get("sha256"))
+
+
+def load_openai_csp(spec: ModelSpec) -> torch.nn.Module:
+    """A released OpenAI weight-sparse model from the spec's ``weights`` directory."""
+    from precompute.lm import openai_checkpoint
+
+    try:
+        return openai_checkpoint.load(spec.weights)
+    except openai_checkpoint.CheckpointError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def openai_csp_sample(spec: ModelSpec):
+    """The held-out sample in the released model's tokenizer (found beside its weights)."""
+    from precompute.lm import openai_checkpoint
+
+    try:
+        return openai_checkpoint.heldout_sample(spec.weights)
+    except openai_checkpoint.CheckpointError as exc:
+        raise WeightsError(str(exc)) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ class ModelSpec:
         return _resolve(self.loader)(self)
 
     def dataset_sample(self):
-        return _resolve(self.dataset)()
+        """The sample of inputs; one for a user's weights gets this spec, as its tokenizer lives with the weights."""
+        return _resolve(self.dataset)(*([self] if self.weights else []))
 
     def summary(self) -> dict[str, Any]:
         return {"slug": self.slug, "title": self.title, "kind": self.kind, "source": self.source,
@@ -126,12 +128,58 @@ TINYLM_DENSE = _tinylm("dense", "The dense twin of TinyLM sparse: the same shape
                                 "dense weights, trained until its held-out loss matched the sparse model's, so the "
                                 "two can be compared at equal loss.")
 
-REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in (TINYVISION, TINYLM_SPARSE, TINYLM_DENSE)}
+OPENAI_CSP = ModelSpec(
+    slug="openai-csp",
+    title="OpenAI weight-sparse transformer (released checkpoint)",
+    kind="language",
+    description="One of the models OpenAI released with \"Weight-sparse transformers have interpretable circuits\": "
+                "a GPT trained on Python code with nearly all weights zero. Its layers come from its config.",
+    source="your download, in the directory given as --weights DIR: beeg_config.json and final_model.pt from "
+           "openai/circuit-sparsity on Hugging Face (models/<name>/), with tinypython_2k's encoder.json and vocab.bpe",
+    layers=(),
+    loader="precompute.loaders:load_openai_csp",
+    dataset="precompute.loaders:openai_csp_sample",
+)
+
+
+def openai_csp(weights: Path) -> ModelSpec:
+    """A released OpenAI model from its directory, checked (config, weights and tokenizer files, before anything is
+    written) and sized from its config without torch. The slug is ``openai-<directory name>`` (``openai-csp_yolo1``),
+    so several released models can share one atlas."""
+    from precompute.lm.openai_checkpoint import read_released, tokenizer_files
+
+    released = read_released(weights)
+    tokenizer_files(weights, released.tokenizer_name)
+    c = released.values
+    name = weights.resolve().name
+    return ModelSpec(
+        slug=f"openai-{re.sub(r'[^a-z0-9_-]+', '-', name.lower()).strip('-') or 'csp'}",
+        title=f"OpenAI {name} (released weight-sparse checkpoint)",
+        kind="language",
+        description=f"{OPENAI_CSP.description} {c['n_layer']} blocks, d_model {c['d_model']}, {c['n_head']} heads "
+                    f"of {c['d_head']}, d_mlp {c['d_mlp']}, vocabulary {c['vocab_size']}.",
+        source=f"{weights}: beeg_config.json and final_model.pt from OpenAI's circuit-sparsity release",
+        layers=language_layers(c["n_layer"], c["d_model"], c["d_mlp"], c["n_head"] * c["d_head"]),
+        loader=OPENAI_CSP.loader,
+        dataset=OPENAI_CSP.dataset,
+        weights=weights.resolve(),
+    )
+
+
+REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in (TINYVISION, TINYLM_SPARSE, TINYLM_DENSE, OPENAI_CSP)}
+WITH_WEIGHTS = {OPENAI_CSP.slug: openai_csp}  # entries whose weights are a user's directory: spec factories
 DEFAULT_MODEL = TINYVISION.slug
 
 
-def get_model(slug: str) -> ModelSpec:
+def get_model(slug: str, weights: Path | None = None) -> ModelSpec:
+    """The registered model; for an entry of ``WITH_WEIGHTS`` the spec of the user's ``weights`` (which it needs)."""
     try:
-        return REGISTRY[slug]
+        spec = REGISTRY[slug]
     except KeyError:
         raise KeyError(f"unknown model {slug!r}; registered: {', '.join(REGISTRY)}") from None
+    factory = WITH_WEIGHTS.get(slug)
+    if factory is None and weights is not None:
+        raise KeyError(f"model {slug!r} comes with its weights; --weights is for {', '.join(WITH_WEIGHTS)}")
+    if factory is not None and weights is None:
+        raise KeyError(f"model {slug!r} needs --weights DIR; its weights are {spec.source}")
+    return factory(weights) if factory else spec
