@@ -13,7 +13,16 @@ NO_TORCH = [sys.executable, str(Path(__file__).with_name("no_torch.py")), "-m", 
 def test_models_without_torch():
     done = subprocess.run([*NO_TORCH, "models", "--json"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert [m["slug"] for m in json.loads(done.stdout)] == ["tinyvision"]
+    models = {m["slug"]: m for m in json.loads(done.stdout)}
+    assert list(models) == ["tinyvision", "tinylm-sparse", "tinylm-dense", "openai-csp"]
+    assert models["tinyvision"]["units"] == 320
+    # a language organism's layers come from its committed card, read without torch: per block the residual stream,
+    # q/k/v channels, the residual stream between attention and MLP and the MLP neurons, then the final residual
+    lm = models["tinylm-sparse"]
+    assert [layer["name"] for layer in lm["layers"]][:6] == [
+        "0.resid_pre", "0.attn.q", "0.attn.k", "0.attn.v", "0.resid_mid", "0.mlp.post_act"]
+    assert lm["layers"][-1]["kind"] == "resid_post"
+    assert models["openai-csp"]["layers"] == []  # its layers come from the checkpoint given with --weights
 
 
 def test_serve_without_torch_reports_a_missing_atlas(tmp_path: Path):

@@ -74,7 +74,8 @@ def main(
     config = architecture()
     model = SparseGPT(config)
     matrices = model.sparse_matrices()
-    train = corpus.train_tokens()
+    found = corpus.discover()
+    train = corpus.train_tokens(found)
     heldout = corpus.load_heldout().tokens
     stop_loss = json.loads(stop_at_loss_of.read_text())["heldout"]["loss"] if stop_at_loss_of else None
     decay = [p for p in model.parameters() if p.dim() == 2]
@@ -116,6 +117,7 @@ def main(
                 "seconds": round(seconds), "steps": step, "tokens": seen, "threads": threads, "batch": batch,
                 "context": config.block_size, "peak_lr": lr, "seed": seed, "torch": torch.__version__,
                 "target": target if kind == "sparse" else None,
+                "corpus_sha256": found.hash, "corpus_files": len(found.split("train")),
                 "recipe": "AdamW (0.9, 0.95), wd 0.01 on matrices; gradients rescaled to RMS 1; warm-up 2% then "
                           "cosine to 10%" + ("; top-k |w| per matrix after every step (>= 4 per row), kept fraction "
                                              "1 -> target linearly over 1%-50% of training, lr x sqrt(target/kept)"
