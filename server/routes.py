@@ -7,8 +7,9 @@ Responses are marked cacheable and reach ``server.cache``, which adds ETags, gzi
 
 The ``.json`` route of a page is registered before its HTML route: a path parameter matches dots, so
 ``/models/m/conv1.json`` would otherwise reach the HTML route as a layer named ``conv1.json``. Path parameters are
-plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422. HEAD is
-answered for every route by ``server.cache``.
+plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422; so are the
+query parameters, whose values the schema lists. A layer page's ``?unit=N`` (its jump box, a plain form) answers 303
+with the unit's page. HEAD is answered for every route by ``server.cache``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from server.cache import mark_cacheable
 from server.errors import NotFound
 from server.pages.common import echo
 from server.pages.index import index_page
-from server.pages.layer import layer_page
+from server.pages.layer import LANGUAGE_SORTS, ORDERS, jump_url, layer_page
 from server.pages.model import model_page
 from server.pages.unit import unit_page
 from server.templating import render_page
 from server.twins import ErrorBody, Health, IndexPage, LayerPage, ModelPage, Twin, UnitPage
-from server.urls import DEFAULT_KIND
+from server.urls import DEFAULT_KIND, DEFAULT_SORT
 from store import FORMAT_VERSION
 from store.errors import BUSY, INTERRUPTED, classify
 from store.schema import Asset, Model
@@ -54,6 +55,15 @@ JSON_ERRORS = {status: {"model": ErrorBody, "description": description}
                for status, description in ERROR_DESCRIPTIONS.items()}
 PageQuery = Query("1", description="Page of the layer's grid, from 1.")
 KindQuery = Query(DEFAULT_KIND, description="Image kind the grid shows: `channel`, `neuron`, ...")
+SortQuery = Query(DEFAULT_SORT, description="What the units are sorted by: `index`; for a language model's layer "
+                                            "also `density` or `max` (units not measured yet come last).",
+                  json_schema_extra={"enum": list(LANGUAGE_SORTS)})
+OrderQuery = Query(None, description="`asc` or `desc`; by default ascending for `index`, descending otherwise.",
+                   json_schema_extra={"enum": list(ORDERS)})
+UnitQuery = Query(None, description="Jump to a unit: `?unit=5` answers 303 with the unit's page (from the `.json` "
+                                    "route, its JSON twin); a unit that does not exist is a 404.")
+JUMP = {303: {"description": "`?unit=N`: see the unit's page, in `Location`.",
+              "headers": {"Location": {"description": "The unit's URL.", "schema": {"type": "string"}}}}}
 
 
 async def in_executor(request: Request, work: Callable[[], Any]) -> Any:
@@ -101,21 +111,34 @@ async def model_html(request: Request, model: str) -> Response:
     return await twin_response(request, model_page, ModelPage, model, template="model.html")
 
 
-@router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units",
-            response_model=LayerPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
-async def layer_json(request: Request, model: str, layer: str, page: str = PageQuery,
-                     kind: str = KindQuery) -> Response:
+async def layer_response(request: Request, model: str, layer: str, page: str, kind: str, sort: str,
+                         order: str | None, unit: str | None, template: str | None = None) -> Response:
+    """A page of the layer's units, or with ``?unit=N`` a redirect to that unit (the layer page's jump box)."""
+    if unit is not None:
+        atlas = request.app.state.atlas
+
+        def work() -> str:
+            with atlas.sessions() as session:
+                return jump_url(session, model, layer, unit, twin=template is None)
+
+        return RedirectResponse(await in_executor(request, work), status_code=303)
     per_page = request.app.state.settings.per_page
-    return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind)
+    return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind, sort, order,
+                               template=template)
+
+
+@router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units",
+            response_model=LayerPage, responses={**JUMP, **NOT_MODIFIED, **JSON_ERRORS})
+async def layer_json(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
+                     sort: str = SortQuery, order: str | None = OrderQuery, unit: str | None = UnitQuery) -> Response:
+    return await layer_response(request, model, layer, page, kind, sort, order, unit)
 
 
 @router.get("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"],
-            summary="One page of a layer's units", responses={**NOT_MODIFIED, **ERRORS})
-async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery,
-                     kind: str = KindQuery) -> Response:
-    per_page = request.app.state.settings.per_page
-    return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind,
-                               template="layer.html")
+            summary="One page of a layer's units", responses={**JUMP, **NOT_MODIFIED, **ERRORS})
+async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
+                     sort: str = SortQuery, order: str | None = OrderQuery, unit: str | None = UnitQuery) -> Response:
+    return await layer_response(request, model, layer, page, kind, sort, order, unit, template="layer.html")
 
 
 @router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours",

@@ -12,6 +12,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
+
+from store.keys import CardKey
 
 
 def package_dir(name: str) -> Path:
@@ -21,15 +24,41 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def percent(value: Any) -> str:
+def percent(value: Any, digits: int = 1) -> str:
     """0.9375 -> '93.8%'; anything that is not a fraction is shown as is."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
-        return f"{value:.1%}"
+        return f"{value:.{digits}%}"
     return str(value)
 
 
+def duration(seconds: Any) -> str:
+    """754.2 -> '12 min 34 s', 5400 -> '1 h 30 min': how long training took, to the precision a reader cares for."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+        return str(seconds)
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+VISIBLE = str.maketrans({" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"})
+
+
+def visible(token: str) -> str:
+    """A token alone, with its whitespace made visible: ' return' -> '·return', '\\n' -> '⏎'."""
+    return token.translate(VISIBLE)
+
+
+def source_text(token: str) -> Markup:
+    """A token inside a block of code: its text as is, with an empty ``nl`` marker before each newline, which CSS
+    draws as ⏎ so a newline token can be seen (and shaded); the marker is not text, so copying gives the source."""
+    return Markup('<i class="nl"></i>\n').join(escape(line) for line in token.split("\n"))
+
+
 templates = Jinja2Templates(directory=package_dir("templates"))
-templates.env.filters["percent"] = percent
+templates.env.filters.update(percent=percent, duration=duration, visible=visible, source_text=source_text)
+templates.env.globals["CardKey"] = CardKey  # language-model card sections, by the names the job writes them under
 
 
 def render_page(

@@ -77,7 +77,8 @@ class IndexModel(ModelRef):
     description: str
     n_layers: int
     n_units: int
-    n_rendered: int = Field(description="Units with a channel image.")
+    n_rendered: int = Field(description="Units the job has done: with a channel image (vision) or with statistics "
+                                        "(language).")
     job: Progress | None = Field(description="The latest precompute run of this model, unless it finished.")
 
 
@@ -90,11 +91,18 @@ class IndexPage(Linked):
 class ModelInfo(ModelRef):
     description: str
     source: str = Field(description="Where the weights came from.")
-    card: dict[str, Any] = Field(description="Model card: metrics, classes, weights (file, sha256), training.")
+    card: dict[str, Any] = Field(description=(
+        "Model card, as the job wrote it; any key may be missing. Vision: metrics, classes, weights (file, sha256), "
+        "training. Language: architecture {n_layer, d_model, n_head, d_head, d_mlp, vocab_size, block_size, ...}, "
+        "sparsity {weights: sparse|dense, target, nonzero_fraction, matrices: {name: {shape, nonzero, fraction}}}, "
+        "heldout {loss (nats/token), tokens, corpus_sha256, files}, tasks {name: {accuracy, loss, pairs, chance}}, "
+        "training {command, seconds, steps, tokens, threads}, tokenizer {name, vocab_size, sha256}, weights "
+        "{file, sha256}."))
 
 
 class LayerSummary(LayerRef):
-    n_rendered: int = Field(description="Units of this layer with a channel image.")
+    n_rendered: int = Field(description="Units of this layer the job has done: with a channel image (vision) or with "
+                                        "statistics (language).")
 
 
 class RunInfo(Twin):
@@ -115,6 +123,15 @@ class KindLink(Linked):
     kind: str
 
 
+class SortLink(Linked):
+    """A column the layer's units can be sorted by, and the link that sorts by it (flipping the order if the page is
+    already sorted by it)."""
+
+    sort: str = Field(description="`index`; for language models also `density` and `max`.")
+    order: Literal["asc", "desc"] = Field(description="The order the link sorts in.")
+    current: bool = Field(description="Whether this page is sorted by this column.")
+
+
 class PageLink(Linked):
     page: int
 
@@ -130,22 +147,39 @@ class Pagination(Twin):
 
 
 class GridUnit(UnitRef):
+    """A vision unit in the layer's grid of images."""
+
     label: str | None
     image: UnitImage | None = Field(description="The image of the grid's kind, or null if not rendered yet.")
+
+
+class TableUnit(UnitRef):
+    """A language-model unit in the layer's table; its numbers are null until the job has measured it."""
+
+    label: str | None
+    density: float | None = Field(description="Fraction of held-out tokens where the unit is nonzero.")
+    max: float | None = Field(description="Its largest activation on the held-out sample.")
+    top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
 
 
 class LayerPage(Linked):
     model: ModelRef
     layer: LayerSummary
-    kind: str = Field(description="The image kind this grid shows (`?kind=`).")
+    kind: str = Field(description="The image kind a vision grid shows (`?kind=`).")
     kinds: list[KindLink] = Field(description="Every image kind the layer has.")
+    sort: str = Field(description="What the units are sorted by (`?sort=`): `index` (default), or for a language "
+                                  "model's layer `density` or `max`; units not measured yet come last.")
+    order: Literal["asc", "desc"] = Field(description="`?order=`; by default ascending for index, descending "
+                                                      "otherwise.")
+    sorts: list[SortLink] = Field(description="Every column the units can be sorted by.")
     page: Pagination
-    units: list[GridUnit]
+    units: list[GridUnit] | list[TableUnit] = Field(description="This page's units: a grid of images for a vision "
+                                                                "model, table rows for a language model.")
     writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
 
 
 class UnitStats(Twin):
-    """What the unit does on the model's dataset sample; empty until the job has measured it."""
+    """What a vision unit's channel does on the model's dataset sample; empty until the job has measured it."""
 
     model_config = ConfigDict(extra="allow")
     dataset_mean: float | None = Field(default=None, description="Mean over the sample of the unit's channel mean.")
@@ -159,9 +193,60 @@ class Example(Twin):
     kind: str = Field(description="`top`, `bottom` or `random`.")
     rank: int
     activation: float
-    source: dict[str, Any] = Field(description="Provenance and payload: dataset, item, cell for images; tokens and "
-                                               "values for text.")
+    source: dict[str, Any] = Field(description="Provenance: dataset, item, cell.")
     image: Asset | None
+
+
+class Histogram(Twin):
+    edges: list[float] = Field(description="Bin edges, one more than the bins.")
+    counts: list[int] = Field(description="Nonzero activations per bin; values beyond the edges are counted in the "
+                                          "first or last bin.")
+    clipped: int = Field(description="How many values lay beyond the edges.")
+
+
+class Activation(Twin):
+    """A language-model unit's activation at every token of the held-out sample."""
+
+    density: float | None = Field(description="Fraction of tokens where the unit is nonzero.")
+    mean: float | None = Field(description="Mean activation over all tokens.")
+    max: float | None
+    min: float | None
+    n: int | None = Field(description="Tokens measured.")
+    measure: str | None = Field(description="What was measured, in words.")
+    histogram: Histogram | None = Field(description="Of the nonzero activations.")
+    top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
+
+
+class TokenEffect(Twin):
+    token: str = Field(description="The token's text.")
+    id: int = Field(description="Its id in the model's vocabulary.")
+    value: float = Field(description="The logit change per unit of activation.")
+
+
+class LogitEffects(Twin):
+    """The unembedding (through the final norm's gain) applied to the unit's output direction."""
+
+    promoted: list[TokenEffect] = Field(description="Tokens it pushes up most, strongest first.")
+    suppressed: list[TokenEffect] = Field(description="Tokens it pushes down most, strongest first.")
+
+
+class Context(Twin):
+    """A window of held-out text around one token, with the unit's activation at every token."""
+
+    rank: int = Field(description="From 0: top contexts by activation, highest first; random ones in sample order.")
+    activation: float = Field(description="The activation at the marked token.")
+    tokens: list[str] = Field(description="Each token's text; joined they give the source text.")
+    values: list[float] = Field(description="The unit's activation at each token.")
+    position: int = Field(description="Index in `tokens` of the marked token.")
+    document: str | None = Field(description="The held-out file the window comes from.")
+    offset: int | None = Field(description="The window's first token in the held-out sample.")
+
+
+class Contexts(Twin):
+    scale: float = Field(description="The largest |activation| of the unit (its max or min, or the contexts' own): "
+                                     "pages shade each token by value ÷ scale.")
+    top: list[Context] = Field(description="The highest-activating contexts, highest first.")
+    random: list[Context] = Field(description="Contexts drawn at random from the tokens where the unit is nonzero.")
 
 
 class Edge(Twin):
@@ -173,7 +258,8 @@ class Edge(Twin):
 
 class EdgeList(Twin):
     total: int = Field(description="How many connections there are in this direction.")
-    shown: list[Edge] = Field(description="The strongest, by |weight|.")
+    shown: list[Edge] = Field(description="The strongest, by |weight|: up to 24 for a vision model, 256 for a "
+                                          "language model (every nonzero weight of a sparse one).")
 
 
 class CircuitMembership(Twin):
@@ -192,12 +278,20 @@ class UnitPage(Linked):
     model: ModelRef
     layer: LayerRef
     index: int
-    rendered: bool = Field(description="Whether the atlas has any image of this unit yet.")
+    rendered: bool = Field(description="Whether the job has done this unit: an image of it (vision) or its "
+                                        "statistics (language).")
     writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
     label: str | None
-    stats: UnitStats
+    stats: UnitStats | None = Field(description="Vision: the channel's dataset statistics. Null for a language "
+                                                "model's unit, whose statistics are `activation`.")
     images: list[UnitImage]
-    examples: list[Example]
+    examples: list[Example] = Field(description="Image crops (vision); a language model's are `contexts`.")
+    activation: Activation | None = Field(description="Language models: the unit's activation statistics; null "
+                                                      "until measured.")
+    logit_effects: LogitEffects | None = Field(description="Language models: the tokens its output most promotes "
+                                                           "and suppresses; null where it writes no residual "
+                                                           "stream (q, k, v) or before it is measured.")
+    contexts: Contexts | None = Field(description="Language models: token windows it fires on; null if it has none.")
     edges: dict[Literal["in", "out"], EdgeList] = Field(description="`in`: units it reads from; `out`: units that "
                                                                     "read it.")
     circuits: list[CircuitMembership]

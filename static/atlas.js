@@ -12,3 +12,16 @@
     window.location.href = link.href;
   });
 })();
+
+// Contexts on language-model unit pages: hovering a token writes it and its activation (its title) into the
+// context's readout, so the value shows at once and stays readable; without script the title still shows it.
+(function () {
+  const visible = (text) => text.replace(/ /g, "·").replace(/\n/g, "⏎").replace(/\t/g, "→");
+
+  document.addEventListener("mouseover", function (event) {
+    const token = event.target.closest && event.target.closest(".ctx .t");
+    if (!token) return;
+    const readout = token.closest(".ctx").querySelector(".readout");
+    if (readout) readout.textContent = visible(token.textContent) + " = " + token.title;
+  });
+})();

@@ -1,7 +1,8 @@
 """``/models/{model}/{layer}/{unit}``: everything known about one unit, section by section.
 
-Each section (examples, connections, circuits) is one small function of the unit; a unit that has nothing for a
-section yet, or is not rendered at all, still answers.
+Each section (examples, connections, circuits here; a language model's activation, logit effects and contexts in
+``server.pages.sections``) is one small function of the unit; a unit that has nothing for a section yet, or is not
+rendered at all, still answers.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
+from server.pages import sections
 from server.pages.common import (
-    asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
+    LANGUAGE, asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
 )
 from server.urls import layer_page_url, links, unit_url
 from store.schema import Asset, Circuit, CircuitNode, Edge, Example, Layer, Model, Unit, UnitImage
 
-MAX_EDGES = 24  # strongest connections listed per direction on a unit page
+# Strongest connections listed per direction on a unit page. A sparse language model's unit has a few dozen to a few
+# hundred nonzero weights, and a reader wants every one of them; a vision unit has thousands, of which the strongest
+# few say enough.
+MAX_EDGES = {LANGUAGE: 256}
+MAX_EDGES_DEFAULT = 24
 
 # Statements are built once: building a select() costs more than running it on a page this size, and a unit page is
 # what a cold cache builds most. ``:unit`` is a unit's id.
@@ -38,7 +44,7 @@ def _edge_statements(here: Any, there: Any) -> tuple[Any, Any]:
     strongest = (select(Edge, other.index, Layer.name, Model.slug, Asset)
                  .join(other, other.id == there).join(Layer, Layer.id == other.layer_id)
                  .join(Model, Model.id == Layer.model_id).outerjoin(Asset, Asset.sha256 == Edge.asset_sha256)
-                 .where(here == bindparam("unit")).order_by(func.abs(Edge.weight).desc()).limit(MAX_EDGES))
+                 .where(here == bindparam("unit")).order_by(func.abs(Edge.weight).desc()).limit(bindparam("limit")))
     return strongest, select(func.count()).select_from(Edge).where(here == bindparam("unit"))
 
 
@@ -54,20 +60,26 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
     model, layer, unit = row
     index = parse_unit(layer, raw_index)
     stats = unit.stats if unit else {}
+    language = model.kind == LANGUAGE
     images = session.scalars(IMAGES, {"unit": unit.id}).all() if unit else []
+    crops, windows = examples(session, unit) if unit else ([], [])
+    limit = MAX_EDGES.get(model.kind, MAX_EDGES_DEFAULT)
     no_edges = {"total": 0, "shown": []}
     return {
         **links(unit_url(model.slug, layer.name, index)),
         "model": model_ref(model),
         "layer": layer_ref(model, layer),
         "index": index,
-        "rendered": bool(images),
+        "rendered": bool(images) or (language and bool(stats)),
         "writer_active": writer_active,
         "label": unit.label if unit else None,
-        "stats": stats,
+        "stats": None if language else stats,
         "images": [image_dict(image, stats) for image in images],
-        "examples": examples(session, unit) if unit else [],
-        "edges": {d: edges(session, unit, d) if unit else no_edges for d in EDGES},
+        "examples": crops,
+        "activation": sections.activation(stats),
+        "logit_effects": sections.logit_effects(stats),
+        "contexts": sections.contexts(windows, stats),
+        "edges": {d: edges(session, unit, d, limit) if unit else no_edges for d in EDGES},
         "circuits": circuits(session, unit) if unit else [],
         "prev": unit_ref(model.slug, layer.name, index - 1) if index > 0 else None,
         "next": unit_ref(model.slug, layer.name, index + 1) if index + 1 < layer.n_units else None,
@@ -75,19 +87,24 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
     }
 
 
-def examples(session: Session, unit: Unit) -> list[dict[str, Any]]:
-    return [
-        {"kind": ex.kind, "rank": ex.rank, "activation": ex.activation, "source": ex.source, "image": asset_dict(asset)}
-        for ex, asset in session.execute(EXAMPLES, {"unit": unit.id})
-    ]
+def examples(session: Session, unit: Unit) -> tuple[list[dict[str, Any]], list[tuple[str, int, float, dict]]]:
+    """The unit's image crops (as the twin shows them) and its token windows (for ``sections.contexts``)."""
+    crops, windows = [], []
+    for ex, asset in session.execute(EXAMPLES, {"unit": unit.id}):
+        if sections.is_window(ex.source):
+            windows.append((ex.kind, ex.rank, ex.activation, ex.source))
+        else:
+            crops.append({"kind": ex.kind, "rank": ex.rank, "activation": ex.activation, "source": ex.source,
+                          "image": asset_dict(asset)})
+    return crops, windows
 
 
-def edges(session: Session, unit: Unit, direction: str) -> dict[str, Any]:
+def edges(session: Session, unit: Unit, direction: str, limit: int) -> dict[str, Any]:
     """The strongest connections in one direction, and how many there are (counted only when the list is full)."""
     strongest, count = EDGES[direction]
-    rows = session.execute(strongest, {"unit": unit.id}).all()
+    rows = session.execute(strongest, {"unit": unit.id, "limit": limit}).all()
     return {
-        "total": len(rows) if len(rows) < MAX_EDGES else session.scalar(count, {"unit": unit.id}),
+        "total": len(rows) if len(rows) < limit else session.scalar(count, {"unit": unit.id}),
         "shown": [
             {"kind": edge.kind, "weight": edge.weight, "unit": unit_ref(slug, name, index), "image": asset_dict(asset)}
             for edge, index, name, slug, asset in rows
