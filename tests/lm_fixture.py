@@ -11,7 +11,7 @@ its layers are ``{0,1}.resid_pre``, ``.attn.q``, ``.attn.k``, ``.attn.v``, ``.re
 - ``CHANNEL`` (a residual channel): contexts, logit effects, and more edges than a vision page would list (30 out).
 - ``QUERY`` (an attention query channel): contexts and statistics but no logit effects, as the job writes them.
 - the other units of ``NEURON``'s layer: density, max and top tokens in an order unlike their index, except
-  ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires).
+  ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires: an empty histogram).
 
 Use the fixtures by importing them into a test module: ``from tests.lm_fixture import lm_atlas, lm_server``.
 """
@@ -118,8 +118,8 @@ def stats(density: float, top: float, top_tokens: list[str], effects: bool) -> d
 
 def layer_stats(index: int) -> dict:
     """The neuron layer's other units: densities and maxima that do not follow the index."""
-    if (f"0.{LayerKind.MLP}", index) == DEAD:
-        return stats(0.0, 0.0, [], effects=True)
+    if (f"0.{LayerKind.MLP}", index) == DEAD:  # nothing to count: empty bins, and no "clipped"
+        return {**stats(0.0, 0.0, [], effects=True), Stat.HISTOGRAM: {"edges": [], "counts": []}}
     return stats(round(((index * 7) % 16 + 1) / 100, 4), round(((index * 5) % 16 + 1) / 4, 3), ["x", " ="],
                  effects=True)
 

@@ -175,6 +175,9 @@ def test_unmeasured_and_dead_units(client: httpx.Client):
     assert "Not measured yet" in client.get(url(*UNMEASURED)).text
     dead = client.get(url(*DEAD) + ".json").json()
     assert dead["rendered"] and dead["activation"]["density"] == 0 and dead["contexts"] is None
+    assert dead["activation"]["histogram"] == {"edges": [], "counts": [], "clipped": 0}
+    page = client.get(url(*DEAD)).text
+    assert "0.00%" in section(page, "activation") and "<svg" not in page
 
 
 def test_dotted_layer_names_reach_the_json_routes(client: httpx.Client):
