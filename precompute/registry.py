@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store.keys import CardKey, LayerKind
+from store.keys import CardKey, LayerKind, ModelKind
 
 ORGANISMS = Path(__file__).parent / "organisms"
 
@@ -70,7 +70,7 @@ def _resolve(target: str):
 TINYVISION = ModelSpec(
     slug="tinyvision",
     title="TinyVision (embedded organism)",
-    kind="vision",
+    kind=ModelKind.VISION,
     description="A four-block CNN trained by atlascope on 64x64 images that exist offline: eight procedural pattern "
                 "classes (oriented gratings, checkerboards, dots, rings, colour blobs) and crops of nine photographs "
                 "shipped inside scikit-image. Small enough to render end to end on a laptop CPU.",
@@ -109,7 +109,7 @@ def _tinylm(variant: str, description: str) -> ModelSpec:
     return ModelSpec(
         slug=f"tinylm-{variant}",
         title=f"TinyLM {variant} (embedded organism)",
-        kind="language",
+        kind=ModelKind.LANGUAGE,
         description=description,
         source=f"embedded: precompute/organisms/tinylm-{variant}.pt, made by "
                f"`python -m precompute.organisms.train_tinylm {variant}`",
@@ -131,7 +131,7 @@ TINYLM_DENSE = _tinylm("dense", "The dense twin of TinyLM sparse: the same shape
 OPENAI_CSP = ModelSpec(
     slug="openai-csp",
     title="OpenAI weight-sparse transformer (released checkpoint)",
-    kind="language",
+    kind=ModelKind.LANGUAGE,
     description="One of the models OpenAI released with \"Weight-sparse transformers have interpretable circuits\": "
                 "a GPT trained on Python code with nearly all weights zero. Its layers come from its config.",
     source="your download, in the directory given as --weights DIR: beeg_config.json and final_model.pt from "
@@ -155,7 +155,7 @@ def openai_csp(weights: Path) -> ModelSpec:
     return ModelSpec(
         slug=f"openai-{re.sub(r'[^a-z0-9_-]+', '-', name.lower()).strip('-') or 'csp'}",
         title=f"OpenAI {name} (released weight-sparse checkpoint)",
-        kind="language",
+        kind=ModelKind.LANGUAGE,
         description=f"{OPENAI_CSP.description} {c['n_layer']} blocks, d_model {c['d_model']}, {c['n_head']} heads "
                     f"of {c['d_head']}, d_mlp {c['d_mlp']}, vocabulary {c['vocab_size']}.",
         source=f"{weights}: beeg_config.json and final_model.pt from OpenAI's circuit-sparsity release",

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from store.keys import CardKey
+from store.keys import CardKey, ModelKind
 
 
 def package_dir(name: str) -> Path:
@@ -59,6 +59,7 @@ def source_text(token: str) -> Markup:
 templates = Jinja2Templates(directory=package_dir("templates"))
 templates.env.filters.update(percent=percent, duration=duration, visible=visible, source_text=source_text)
 templates.env.globals["CardKey"] = CardKey  # language-model card sections, by the names the job writes them under
+templates.env.globals["ModelKind"] = ModelKind
 
 
 def render_page(

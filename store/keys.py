@@ -9,6 +9,13 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class ModelKind(StrEnum):
+    """``models.kind``: what a model reads, which decides how its units are shown."""
+
+    VISION = "vision"  # units are pictured: feature visualisations, image examples
+    LANGUAGE = "language"  # units are measured on text: token contexts, logit effects
+
+
 class Stat(StrEnum):
     """Keys of ``units.stats``."""
 

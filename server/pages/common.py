@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 
 from server.errors import NotFound
 from server.urls import DEFAULT_KIND, asset_url, layer_url, links, model_url, unit_url
-from store.keys import Stat
+from store.keys import ModelKind, Stat
 from store.schema import Asset, Layer, Model, Run, Unit, UnitImage
 
 THUMB_KIND = DEFAULT_KIND  # the image kind shown in layer grids by default and counted as "rendered"
-LANGUAGE = "language"  # Model.kind of a language model, whose units are measured on text rather than pictured
 ECHO_CHARS = 80  # how much of a client's input an error message repeats: a whole asset name, not a 100 KB path
 MAX_DIGITS = 18  # any number longer than this is out of every range (and int() of 4,300+ digits raises)
 
@@ -133,7 +132,7 @@ def rendered_counts(session: Session, column: Any, *where: Any) -> dict[int, int
         .select_from(Unit)
         .join(Layer, Layer.id == Unit.layer_id)
         .join(Model, Model.id == Layer.model_id)
-        .where(or_(Unit.id.in_(pictured), (Model.kind == LANGUAGE) & (Unit.stats != {})), *where)
+        .where(or_(Unit.id.in_(pictured), (Model.kind == ModelKind.LANGUAGE) & (Unit.stats != {})), *where)
         .group_by(column)
     )
     return dict(session.execute(query).all())

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from server.errors import NotFound
 from server.pages.common import (
-    LANGUAGE, THUMB_KIND, echo, find_layer, find_model, image_dict, layer_ref, model_ref, parse_page, parse_unit,
+    THUMB_KIND, echo, find_layer, find_model, image_dict, layer_ref, model_ref, parse_page, parse_unit,
     rendered_counts, stat, unit_ref,
 )
 from server.urls import DEFAULT_SORT, json_url, layer_page_url, links, unit_url
-from store.keys import Stat
+from store.keys import ModelKind, Stat
 from store.schema import Layer, Unit, UnitImage
 
 # What a layer's units can be sorted by, with the order each sorts in by default: the biggest numbers first.
@@ -36,7 +36,7 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
         select(UnitImage.kind).join(Unit).where(Unit.layer_id == layer.id).distinct())})
     if kind not in kinds:
         raise NotFound(f"image kind {echo(kind)} not found in layer {layer.name!r}; it has: {', '.join(kinds)}")
-    sorts = LANGUAGE_SORTS if model.kind == LANGUAGE else SORTS
+    sorts = LANGUAGE_SORTS if model.kind == ModelKind.LANGUAGE else SORTS
     if sort not in sorts:
         raise NotFound(f"sort {echo(sort)} not found: layer {layer.name!r} sorts by {', '.join(sorts)}")
     if order is not None and order not in ORDERS:
@@ -59,7 +59,7 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
 
     n_rendered = rendered_counts(session, Layer.id, Layer.id == layer.id).get(layer.id, 0)
     found = page_units(session, layer, indices, kind)
-    entry = table_row if model.kind == LANGUAGE else grid_cell
+    entry = table_row if model.kind == ModelKind.LANGUAGE else grid_cell
     return {
         **links(url(number)),
         "model": model_ref(model),

@@ -14,15 +14,16 @@ from sqlalchemy.orm import Session, aliased
 
 from server.pages import sections
 from server.pages.common import (
-    LANGUAGE, asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
+    asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
 )
 from server.urls import layer_page_url, links, unit_url
+from store.keys import ModelKind
 from store.schema import Asset, Circuit, CircuitNode, Edge, Example, Layer, Model, Unit, UnitImage
 
 # Strongest connections listed per direction on a unit page. A sparse language model's unit has a few dozen to a few
 # hundred nonzero weights, and a reader wants every one of them; a vision unit has thousands, of which the strongest
 # few say enough.
-MAX_EDGES = {LANGUAGE: 256}
+MAX_EDGES = {ModelKind.LANGUAGE: 256}
 MAX_EDGES_DEFAULT = 24
 
 # Statements are built once: building a select() costs more than running it on a page this size, and a unit page is
@@ -60,7 +61,7 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
     model, layer, unit = row
     index = parse_unit(layer, raw_index)
     stats = unit.stats if unit else {}
-    language = model.kind == LANGUAGE
+    language = model.kind == ModelKind.LANGUAGE
     images = session.scalars(IMAGES, {"unit": unit.id}).all() if unit else []
     crops, windows = examples(session, unit) if unit else ([], [])
     limit = MAX_EDGES.get(model.kind, MAX_EDGES_DEFAULT)
