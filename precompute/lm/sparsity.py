@@ -33,16 +33,18 @@ def lr_scale(fraction: float, target: float) -> float:
 
 @torch.no_grad()
 def keep_largest_(matrix: torch.Tensor, fraction: float, min_per_row: int = MIN_PER_ROW) -> None:
-    """Zero all but the ``fraction`` of entries of largest magnitude, and the ``min_per_row`` largest of each row."""
+    """Keep ``fraction`` of the entries, zero the rest: first the ``min_per_row`` largest of each row, then the
+    largest of the others up to the budget, so no matrix holds more than its fraction (unless the per-row minimum
+    alone is more)."""
     if fraction >= 1.0:
         return
     magnitude = matrix.abs()  # [rows, cols]
-    k = max(1, int(fraction * matrix.numel()))
-    keep = torch.zeros(matrix.numel(), dtype=torch.bool, device=matrix.device)
-    keep[torch.topk(magnitude.flatten(), k, sorted=False).indices] = True
-    keep = keep.view_as(matrix)
-    per_row = min(min_per_row, matrix.shape[1])
-    keep.scatter_(1, torch.topk(magnitude, per_row, dim=1, sorted=False).indices, True)
+    keep = torch.zeros_like(matrix, dtype=torch.bool)
+    keep.scatter_(1, torch.topk(magnitude, min(min_per_row, matrix.shape[1]), dim=1, sorted=False).indices, True)
+    remaining = max(1, int(fraction * matrix.numel())) - int(keep.sum())
+    if remaining > 0:
+        others = magnitude.masked_fill(keep, -1.0).flatten()
+        keep.view(-1)[torch.topk(others, remaining, sorted=False).indices] = True
     matrix.mul_(keep)
 
 
