@@ -94,8 +94,13 @@ def token_texts(tokenizer: Tokenizer, ids: Iterable[int]) -> list[str]:
     A token can end inside a multi-byte UTF-8 character; the character is shown on the token that completes it (the
     earlier ones show ""), so the texts join to the decoded string and no token shows half a character. Invalid bytes
     become U+FFFD, as in ``decode``."""
+    return piece_texts(token_bytes(tokenizer, int(i)) for i in ids)
+
+
+def piece_texts(pieces: Iterable[bytes]) -> list[str]:
+    """Display texts of consecutive tokens given as their bytes, as ``token_texts`` shows them (for any tokenizer)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    texts = [decoder.decode(token_bytes(tokenizer, int(i))) for i in ids]
+    texts = [decoder.decode(piece) for piece in pieces]
     if texts:
         texts[-1] += decoder.decode(b"", final=True)  # a character cut off at the end
     return texts
