@@ -21,10 +21,12 @@ from rich.table import Table
 from precompute.lm.openai_checkpoint import CheckpointError
 from precompute.plan import PlanError, parse_units, select
 from precompute.registry import DEFAULT_MODEL, REGISTRY, get_model
+from store.keys import ModelKind
 
 app = typer.Typer(help="Build and serve an atlas of what the units of neural networks compute.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 err = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
+FEATVIS = {"steps": 512, "size": 64, "batch_size": 32}  # `precompute`'s feature visualisation defaults
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -103,45 +105,75 @@ def precompute(
     weights: Optional[Path] = typer.Option(None, "--weights", help="A released model's directory, for openai-csp "
                                                                     "(beeg_config.json and final_model.pt)."),
     layers: Optional[str] = typer.Option(None, help="Comma-separated layer names (default: all)."),
-    units: Optional[str] = typer.Option(None, help="Units of each layer, e.g. 0-15,20 (default: all)."),
-    steps: int = typer.Option(512, min=1, help="Optimisation steps per image."),
-    size: int = typer.Option(64, min=8, help="Image side in pixels."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate (default: render.featvis's, 0.1)."),
-    objectives: str = typer.Option("channel", help="Comma-separated: channel, neuron."),
-    batch_size: int = typer.Option(32, min=1, help="Units rendered together in one batch."),
-    seed: int = typer.Option(0),
+    units: Optional[str] = typer.Option(None, help="Vision: units of each layer, e.g. 0-15,20 (default: all)."),
+    tokens: Optional[int] = typer.Option(None, help="Language: held-out tokens to read, from the start (default: "
+                                                    "the whole sample), in whole 128-token contexts."),
+    steps: int = typer.Option(FEATVIS["steps"], min=1, help="Vision: optimisation steps per image."),
+    size: int = typer.Option(FEATVIS["size"], min=8, help="Vision: image side in pixels."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Vision: Adam learning rate (default: render.featvis's, "
+                                                           "0.1)."),
+    objectives: Optional[str] = typer.Option(None, help="Vision: comma-separated: channel (default), neuron."),
+    batch_size: int = typer.Option(FEATVIS["batch_size"], min=1, help="Vision: units rendered together."),
+    seed: int = typer.Option(0, help="Seeds feature visualisations and the draw of random contexts."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    force: bool = typer.Option(False, "--force", help="Re-render images already in the atlas and replace them."),
+    force: bool = typer.Option(False, "--force", help="Redo what the atlas already has of the selection and replace "
+                                                      "it."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail if another precompute writes to the atlas, instead "
                                                           "of waiting for it."),
 ) -> None:
-    """Render feature visualisations into an atlas. Resumable: rerun the same command after an interrupt."""
+    """Precompute a model's atlas: feature visualisations (vision), or token contexts, statistics and weights
+    (language). Resumable: rerun the same command after an interrupt."""
     try:
         spec = get_model(slug, weights)
+        if not spec.layers:
+            raise fail(f"{slug} has no layers to precompute: its weights and card are not there yet ({spec.source})")
         selection = select(spec, layers.split(",") if layers else None, parse_units(units) if units else None)
     except (KeyError, PlanError, CheckpointError) as exc:
         raise fail(exc.args[0]) from None
-    chosen = objectives.split(",")
+    language = spec.kind == ModelKind.LANGUAGE
+    if language and (units or objectives):
+        raise fail(f"{'--units' if units else '--objectives'} is for feature visualisations; a language model's "
+                   f"layers are measured whole: choose them with --layers")
+    if not language and tokens is not None:
+        raise fail("--tokens is for language models; a vision model's sample is its held-out images")
+    if language and (steps, size, lr, batch_size) != (FEATVIS["steps"], FEATVIS["size"], None, FEATVIS["batch_size"]):
+        err.print("note: --steps, --size, --lr and --batch-size set feature visualisations; a language model has none")
     _require_torch()
-    from render.featvis import OBJECTIVES, RenderConfig
+    from precompute import job
 
-    if unknown := set(chosen) - set(OBJECTIVES):
-        raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
-    config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
-    _run_precompute(spec, atlas, selection, chosen, config, batch_size, _device(device), force, wait=not no_wait)
+    if language:
+        from precompute.stages.contexts import CONTEXT, ContextsConfig
+
+        available = len(spec.dataset_sample().tokens) if tokens is not None else 0
+        if tokens is not None and not CONTEXT <= tokens <= available:
+            raise fail(f"--tokens {tokens}: choose from {CONTEXT} (one context) to {available:,} (the whole "
+                       f"held-out sample)")
+        request = job.Request(spec, atlas, selection, contexts=ContextsConfig(tokens=tokens, seed=seed),
+                              device=_device(device), force=force, wait=not no_wait)
+    else:
+        from render.featvis import OBJECTIVES, RenderConfig
+
+        chosen = (objectives or "channel").split(",")
+        if unknown := set(chosen) - set(OBJECTIVES):
+            raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
+        config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
+        request = job.Request(spec, atlas, selection, chosen, config, batch_size, device=_device(device), force=force,
+                              wait=not no_wait)
+    _run_precompute(request)
 
 
-def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size: int, device: str,
-                    force: bool = False, wait: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Run the job with a progress bar. ``on_ready()`` is called once the atlas holds the model's layers and units
-    (so every page of it resolves), before the slow part starts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Run the job (a ``precompute.job.Request``) with a progress bar. ``on_ready()`` is called once the atlas holds
+    the model's layers and units (so every page of it resolves), before the slow part starts."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from precompute import job
     from precompute.loaders import WeightsError
 
-    request = job.Request(spec=spec, atlas=atlas, selection=selection, objectives=objectives, render=render,
-                          batch_size=batch_size, device=device, force=force, wait=wait)
+    spec, atlas = request.spec, request.atlas
+    language = spec.kind == ModelKind.LANGUAGE
+    counted, verb, done = ("units", "measure", "measured") if language else ("images", "render", "rendered")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     try:  # failures are reported after the progress bar has stopped, so the error is the last line
@@ -150,22 +182,25 @@ def _run_precompute(spec, atlas: Path, selection, objectives, render, batch_size
 
             def on_plan(total: int, todo: int) -> None:
                 progress.update(task, total=todo)
-                progress.console.print(f"{spec.slug}: {total} images planned, {total - todo} already in {atlas}, "
-                                       f"{todo} to render on {device}")
+                progress.console.print(f"{spec.slug}: {total} {counted} planned, {total - todo} already in {atlas}, "
+                                       f"{todo} to {verb} on {request.device}")
                 on_ready()
 
-            def on_batch(batch, saved: int) -> None:
-                progress.update(task, advance=saved, description=f"{spec.slug} {batch.layer.name} {batch.objective}")
+            def on_saved(label: str, saved: int) -> None:
+                progress.update(task, advance=saved, description=f"{spec.slug} {label}")
+
+            def on_report(current: str) -> None:
+                progress.update(task, description=f"{spec.slug} {current}")
 
             def on_wait() -> None:
                 progress.console.print(f"waiting for another atlascope precompute writing to {atlas}…")
 
-            rendered = job.run(request, on_plan, on_batch, on_wait)
+            made = job.run(request, on_plan, on_saved, on_wait, on_report)
     except KeyboardInterrupt:
-        raise fail("interrupted; finished batches are saved. Run the same command again to resume.", 130) from None
+        raise fail("interrupted; finished work is saved. Run the same command again to resume.", 130) from None
     except WeightsError as exc:
         raise fail(str(exc)) from None
-    err.print(f"{spec.slug}: {rendered} images rendered into {atlas}; browse with `atlascope serve --atlas {atlas}`")
+    err.print(f"{spec.slug}: {made} {counted} {done} into {atlas}; browse with `atlascope serve --atlas {atlas}`")
 
 
 def _default_workers() -> int:
@@ -202,6 +237,11 @@ def serve(
         uvicorn.run("server.app:create_app", factory=True, workers=workers, **options)
 
 
+# The demo's models in the order they are filled: the language organisms first (about a minute each), so the atlas
+# is complete but for TinyVision's images after a few minutes; TinyVision's feature visualisations take the longest.
+DEMO_MODELS = ("tinylm-sparse", "tinylm-dense", DEFAULT_MODEL)
+
+
 @app.command()
 def demo(
     atlas: Path = typer.Option(Path("atlas"), "--atlas", help="Where to build the demo atlas."),
@@ -211,12 +251,22 @@ def demo(
     device: str = typer.Option("auto"),
     workers: int = typer.Option(_default_workers(), min=1, help="Server processes."),
 ) -> None:
-    """Serve the embedded default model's atlas at once and fill it while serving (resuming if it exists); keep
-    serving when it is complete, until Ctrl-C."""
+    """Serve the embedded organisms' atlas at once and fill it while serving (resuming if it exists): both language
+    organisms' contexts, statistics and weights, then TinyVision's feature visualisations; keep serving when it is
+    complete, until Ctrl-C."""
     _require_torch()
+    from precompute import job
     from render.featvis import RenderConfig
 
-    spec = get_model(DEFAULT_MODEL)
+    specs = [get_model(slug) for slug in DEMO_MODELS]
+    for spec in specs:
+        if not spec.layers:
+            err.print(f"note: {spec.slug} has no committed weights and card yet ({spec.source}); the demo skips it")
+    specs = [spec for spec in specs if spec.layers]
+    device = _device(device)
+    requests = [job.Request(spec, atlas, select(spec, None, None), device=device) if spec.kind == ModelKind.LANGUAGE
+                else job.Request(spec, atlas, select(spec, None, None), ["channel", "neuron"],
+                                 RenderConfig(steps=steps), 32, device=device) for spec in specs]
     server: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server child too, as for Ctrl-C
 
@@ -227,10 +277,14 @@ def demo(
         err.print(f"browse http://{host}:{port}/ now: pages fill in layer by layer as the job renders them")
 
     try:
-        _run_precompute(spec, atlas, select(spec, None, None), ["channel", "neuron"], RenderConfig(steps=steps), 32,
-                        _device(device), on_ready=start_server)
-        if server is None or server.poll() is not None:
-            raise fail(f"the server stopped (exit code {server.returncode if server else None}); see its message above")
+        with _atlas_failures(atlas):  # every model's pages resolve from the start, filled or not
+            for spec in specs:
+                job.register(spec, atlas)
+        start_server()
+        for request in requests:
+            _run_precompute(request)
+            if server.poll() is not None:
+                raise fail(f"the server stopped (exit code {server.returncode}); see its message above")
         err.print(f"the demo atlas is complete; serving http://{host}:{port}/ until Ctrl-C")
         server.wait()
     except KeyboardInterrupt:
@@ -239,6 +293,7 @@ def demo(
         if server is not None and server.poll() is None:
             server.terminate()
             server.wait(timeout=30)
+
 
 if __name__ == "__main__":
     app()

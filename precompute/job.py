@@ -1,9 +1,10 @@
-"""The precompute job: write a model's layers, units, statistics and feature visualisations into an atlas.
+"""The precompute job: write a model's layers and units into an atlas, then run its stages (``precompute.stages``):
+for a vision model dataset statistics and feature visualisations, for a language model token contexts and weights.
 
-Resumable by construction. Each render batch is committed in one transaction after its blobs are in place. A batch is
-rendered again (whole, so its images are the same as ever) only if one of its images is missing or its blob is damaged,
-and only those images are saved, so after an interrupt (Ctrl-C or kill -9) the next run does only what is missing and
-ends with the same assets an uninterrupted run would have made. The whole run holds the atlas's writer lock, so a
+Resumable by construction. Every stage plans from what the atlas lacks, under the writer lock, before anything is
+written; each item of its work (a render batch, a layer) is committed in one transaction with the run's progress,
+after its blobs are in place. So after an interrupt (Ctrl-C or kill -9) the next run does only what is missing and
+ends with the same atlas an uninterrupted run would have made. The whole run holds the atlas's writer lock, so a
 second run waits and then plans afresh.
 """
 
@@ -14,16 +15,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute.plan import Batch, batches
 from precompute.registry import ModelSpec
-from render.featvis import RenderConfig, Rendered, render_units
-from render.images import to_png
-from render.stats import channel_statistics
+from precompute.stages import Job, Stage
+from precompute.stages.contexts import ContextsConfig, ContextsStage
+from precompute.stages.featvis import FeatvisStage
+from precompute.stages.stats import StatsStage
+from precompute.stages.weights import WeightsStage
+from render.featvis import RenderConfig
 from store import Atlas
-from store.schema import Asset, Layer, Model, Run, Unit, UnitImage, utcnow
+from store.keys import ModelKind
+from store.schema import Layer, Model, Run, Unit, utcnow
 
 
 @dataclass(frozen=True)
@@ -31,17 +35,43 @@ class Request:
     spec: ModelSpec
     atlas: Path
     selection: list  # [(LayerSpec, [unit, ...])] from precompute.plan.select
-    objectives: list[str] = field(default_factory=lambda: ["channel"])
-    render: RenderConfig = RenderConfig()
-    batch_size: int = 32
+    objectives: list[str] = field(default_factory=lambda: ["channel"])  # vision
+    render: RenderConfig = RenderConfig()  # vision
+    batch_size: int = 32  # vision: units rendered together
+    contexts: ContextsConfig = ContextsConfig()  # language
     device: str = "cpu"
-    force: bool = False  # re-render images that exist (e.g. with other settings) and replace them
+    force: bool = False  # redo what exists (e.g. with other settings) and replace it
     wait: bool = True  # wait for another writer of the atlas to finish, rather than refuse
 
     def config(self) -> dict:
-        return {"layers": {layer.name: len(units) for layer, units in self.selection},
-                "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size,
-                "device": self.device, "force": self.force}
+        layers = {layer.name: len(units) for layer, units in self.selection}
+        common = {"layers": layers, "device": self.device, "force": self.force}
+        if self.spec.kind == ModelKind.LANGUAGE:
+            return {**common, "contexts": asdict(self.contexts)}
+        return {**common, "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size}
+
+
+def stages(request: Request, job: Job) -> list[Stage]:
+    """A model kind's stages, in the order they run."""
+    layers = [layer for layer, _ in request.selection]
+    if request.spec.kind == ModelKind.LANGUAGE:
+        blocks = 1 + max(int(layer.name.partition(".")[0]) for layer in request.spec.layers)  # names: {block}.{kind}
+        return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks)]
+    return [StatsStage(job, layers),
+            FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size)]
+
+
+@dataclass
+class Progress:
+    """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas. Counts
+    are over all its stages, in what they count: images for a vision model, units for a language model."""
+
+    stage: str  # the stage at work ("stats", "render"; "contexts", "weights"), then "done"
+    planned: int  # counted things the request asks for
+    kept: int  # of them already in the atlas, intact
+    todo: int  # of them to make: planned - kept
+    done: int = 0  # of them saved so far
+    current: str | None = None  # what is being worked on, e.g. "conv2 neuron", "0.mlp.post_act"
 
 
 def _ensure_model(session: Session, spec: ModelSpec) -> Model:
@@ -65,126 +95,57 @@ def _ensure_model(session: Session, spec: ModelSpec) -> Model:
     return model
 
 
-def _unit_ids(session: Session, model: Model, layer_name: str) -> dict[int, int]:
-    rows = session.execute(select(Unit.index, Unit.id).join(Layer).where(
-        Layer.model_id == model.id, Layer.name == layer_name))
-    return {index: unit_id for index, unit_id in rows}
-
-
-def _fill_statistics(atlas: Atlas, model: Model, spec: ModelSpec, net: torch.nn.Module, names: list[str],
-                     device: torch.device) -> None:
-    """Dataset statistics for every unit of the chosen layers that lacks them (one pass over the sample)."""
-    with atlas.sessions() as session:
-        missing = [name for name in names if session.scalar(
-            select(Unit.id).join(Layer).where(Layer.model_id == model.id, Layer.name == name, Unit.stats == {}))]
-    if not missing:
-        return
-    sample = spec.dataset_sample().to(device)
-    stats = channel_statistics(net, {n: net.get_submodule(spec.layer(n).module) for n in missing}, sample)
-    with atlas.sessions.begin() as session:
-        for name in missing:
-            per_unit = {key: values.tolist() for key, values in stats[name].items()}
-            for index, unit_id in _unit_ids(session, model, name).items():
-                session.get(Unit, unit_id).stats = {
-                    "dataset_mean": per_unit["mean"][index], "dataset_std": per_unit["std"][index],
-                    "dataset_max": per_unit["max"][index], "n": len(sample),
-                    "measure": "spatial mean of the channel over held-out dataset images"}
-
-
-@dataclass(frozen=True)
-class Work:
-    """A render batch and the units of it to save: those whose image is missing or damaged (all with --force)."""
-
-    batch: Batch
-    save: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        return f"{self.batch.layer.name} {self.batch.objective}"
-
-
-@dataclass
-class Progress:
-    """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas."""
-
-    stage: str  # "stats", "render", "done"
-    planned: int  # images in the selection
-    kept: int  # of them already in the atlas, intact
-    todo: int  # of them to render: planned - kept
-    done: int = 0  # of them saved so far
-    current: str | None = None  # the batch being rendered, e.g. "conv2 neuron"
-
-
-def _plan(session: Session, atlas: Atlas, model: Model, request: Request) -> tuple[int, list[Work]]:
-    """The number of images the request asks for, and the work to do. An image counts as present only if its blob
-    is intact (there, of the indexed size, hashing to its name); only images of the selection are checked."""
-    found = {(layer, index, kind): (sha, size) for layer, index, kind, sha, size in session.execute(
-        select(Layer.name, Unit.index, UnitImage.kind, Asset.sha256, Asset.size).select_from(UnitImage)
-        .join(Unit).join(Layer).join(Asset).where(Layer.model_id == model.id)).tuples()}
-
-    def present(key: tuple[str, int, str]) -> bool:
-        return key in found and atlas.blob_problem(*found[key]) is None
-
-    planned = batches(request.selection, request.objectives, request.batch_size)
-    work = [Work(batch, save) for batch in planned if (save := tuple(
-        unit for unit in batch.units if request.force or not present((batch.layer.name, unit, batch.objective))))]
-    return sum(len(batch.units) for batch in planned), work
-
-
-def _save_batch(session: Session, atlas: Atlas, model: Model, work: Work, rendered: Rendered, weights: str) -> None:
-    """Store the images of ``work.save`` from a rendered batch, replacing those units' rows (missing, damaged or
-    forced); the batch's other images stay as they are."""
-    unit_ids = _unit_ids(session, model, work.batch.layer.name)
-    session.execute(delete(UnitImage).where(UnitImage.kind == work.batch.objective,
-                                            UnitImage.unit_id.in_([unit_ids[u] for u in work.save]))
-                    .execution_options(synchronize_session=False))
-    for unit, image, activation in zip(work.batch.units, rendered.images, rendered.activations.tolist()):
-        if unit not in work.save:
-            continue
-        png = to_png(image)
-        sha = atlas.put_blob(png)
-        if session.get(Asset, sha) is None:
-            session.add(Asset(sha256=sha, media_type="image/png", size=len(png),
-                              width=image.shape[-1], height=image.shape[-2]))
-            session.flush()
-        session.add(UnitImage(unit_id=unit_ids[unit], kind=work.batch.objective, asset_sha256=sha,
-                              params={**rendered.params, "weights_sha256": weights}, activation=activation))
+def register(spec: ModelSpec, atlas: Path, wait: bool = True, on_wait: Callable[[], None] = lambda: None) -> None:
+    """Write the model, its layers and units into the atlas (every page of it resolves), and nothing else."""
+    with Atlas.open_for_writing(atlas, wait, on_wait) as opened, opened.sessions.begin() as session:
+        _ensure_model(session, spec)
 
 
 def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, todo: None,
-        on_batch: Callable[[Batch, int], None] = lambda batch, saved: None,
-        on_wait: Callable[[], None] = lambda: None) -> int:
-    """Do the request; returns the number of images this run saved. ``on_plan(total, todo)`` gets image counts once
-    the writer lock is held, ``on_batch(batch, saved)`` follows every saved batch, ``on_wait()`` says that another
-    writer holds the atlas and this run waits for it."""
+        on_saved: Callable[[str, int], None] = lambda label, saved: None,
+        on_wait: Callable[[], None] = lambda: None, on_report: Callable[[str], None] = lambda current: None) -> int:
+    """Do the request; returns the number of counted things (images, units) this run saved. ``on_plan(total, todo)``
+    gets the counts once the writer lock is held, ``on_saved(label, saved)`` follows every saved item,
+    ``on_report(current)`` every word a stage gives between saves, ``on_wait()`` says that another writer holds the
+    atlas and this run waits for it."""
     with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
         with atlas.sessions.begin() as session:
             model = _ensure_model(session, request.spec)
-            total, work = _plan(session, atlas, model, request)
-            todo = sum(len(item.save) for item in work)
-            progress = Progress("stats", planned=total, kept=total - todo, todo=todo)
+            job = Job(request.spec, atlas, model.id, torch.device(request.device), request.force)
+            planned = [(stage, stage.plan(session)) for stage in stages(request, job)]
+            total, kept = sum(plan.planned for _, plan in planned), sum(plan.kept for _, plan in planned)
+            progress = Progress(planned[0][0].name, planned=total, kept=kept, todo=total - kept)
             run_row = Run(model_id=model.id, config=request.config(), progress=asdict(progress))
             session.add(run_row)
-        on_plan(total, todo)
-        device = torch.device(request.device)
-        net = request.spec.load().to(device)
-        _fill_statistics(atlas, model, request.spec, net, [layer.name for layer, _ in request.selection], device)
-        weights = model.card.get("weights", {}).get("sha256", "")  # the card _ensure_model just stored
-        progress.stage, progress.current = "render", work[0].label if work else None
-        with atlas.sessions.begin() as session:
+
+        def commit_progress(session: Session) -> None:
             session.get(Run, run_row.id).progress = asdict(progress)
-        for position, item in enumerate(work):
-            layer = net.get_submodule(item.batch.layer.module)
-            rendered = render_units(net, layer, item.batch.units, item.batch.objective, request.render, device)
-            with atlas.batch() as session:
-                _save_batch(session, atlas, model, item, rendered, weights)
-                progress.done += len(item.save)
-                progress.current = work[position + 1].label if position + 1 < len(work) else None
-                session.get(Run, run_row.id).progress = asdict(progress)
-            on_batch(item.batch, len(item.save))
-        progress.stage = "done"
+
+        def report(current: str) -> None:
+            progress.current = current
+            with atlas.sessions.begin() as session:
+                commit_progress(session)
+            on_report(current)
+
+        job.report = report
+        on_plan(total, total - kept)
+        job.net  # noqa: B018 -- load (and check) the weights before any stage, even one with nothing to do
+        for stage, plan in planned:
+            if not plan.items:
+                continue
+            progress.stage, progress.current = stage.name, plan.items[0].label
+            with atlas.sessions.begin() as session:
+                commit_progress(session)
+            for position, (item, result) in enumerate(stage.run(plan.items)):
+                with atlas.batch() as session:
+                    saved = stage.save(session, item, result)
+                    progress.done += saved
+                    progress.current = plan.items[position + 1].label if position + 1 < len(plan.items) else None
+                    commit_progress(session)
+                on_saved(item.label, saved)
+        progress.stage, progress.current = "done", None
         with atlas.sessions.begin() as session:
-            finished = session.get(Run, run_row.id)
-            finished.progress, finished.finished_at = asdict(progress), utcnow()
+            commit_progress(session)
+            session.get(Run, run_row.id).finished_at = utcnow()
         atlas.collect_garbage()
     return progress.done
