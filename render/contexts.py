@@ -15,9 +15,10 @@ and layers there are, and no Python loop ever visits a token or a unit:
 - random contexts: every token has a seeded random key fixed by its offset; the tokens whose key is below ``POOL``
   form a random pool (1/16 of the stream). Each unit ranks the pool's tokens where it is nonzero by the key shifted
   by a random offset of its own (mod 1) and keeps the ``RANDOM`` smallest: a uniform draw without replacement from
-  its nonzero tokens (the pool is chosen blind to the activations), different for every unit, at a sixteenth of the
-  cost of keying every token. A unit nonzero on fewer than about 16 x ``RANDOM`` tokens may get fewer; its top
-  contexts then show most of what it does anyway;
+  its nonzero tokens (the pool is chosen blind to the activations), different for every unit. Only the pool tokens
+  that could still beat a unit's kept ones are looked at (one arc of the pool sorted by key), so the draw costs a
+  few hundred lookups a batch once the pass is under way. A unit nonzero on fewer than about 16 x ``RANDOM`` tokens
+  may get fewer; its top contexts then show most of what it does anyway;
 - density, mean, min, max: one reduction each (the nonzero count comes out of the histogram);
 - histogram of the nonzero values: ``render.histogram``, exact and unclipped.
 
@@ -160,17 +161,32 @@ class ContextStats:
                            lambda units, spans: self._fetch(flat, length, first, units, self._peak(flat, units, spans)))
 
     def _offer_random(self, flat: torch.Tensor, keys: torch.Tensor, length: int, first: torch.Tensor) -> None:
+        """A unit's key for a pool token is (key / POOL - its offset) mod 1, so the tokens that could beat its
+        worst kept key form one arc of the pool sorted by key: two binary searches per unit find it, and only the
+        arcs' tokens are looked at (all of them, in one flat list: a unit still short of contexts looks at the
+        whole pool, one that has them at a token or two)."""
         pooled = torch.nonzero(keys.reshape(-1) < POOL).flatten()  # [P] rows of ``flat`` in the pool
         if not len(pooled):
             return
-        rank = torch.remainder(keys.reshape(-1)[pooled, None] / POOL - self.offsets, 1.0)  # [P, U] float64
-        rank.masked_fill_(flat.index_select(0, pooled) == 0, torch.inf)
-        k = int((rank < self.random.bar()).sum(dim=0).max().clamp(max=self.k_random))
-        if k:
-            drawn, which = rank.T.topk(k, dim=1, largest=False)  # [U, k]
-            rows = pooled[which]
-            self.random.offer(drawn, self._offset(rows, length, first), rows,
-                              lambda units, at: self._fetch(flat, length, first, units, at))
+        pool_keys, order = torch.sort(keys.reshape(-1)[pooled] / POOL)  # [P] in [0, 1)
+        around = torch.cat([pool_keys, pool_keys + 1])  # [2P]: an arc may wrap past 1
+        start = torch.searchsorted(around, self.offsets)  # [U] the first token at or after the unit's offset
+        reach = torch.searchsorted(around, self.offsets + self.random.bar().clamp(max=1.0)) - start  # [U] arc length
+        units = torch.arange(len(self.offsets), device=start.device)
+        unit = units.repeat_interleave(reach)  # [A] one entry per token of every arc
+        place = start[unit] + torch.arange(len(unit), device=unit.device) - (reach.cumsum(0) - reach)[unit]
+        rows = pooled[order[place % len(pooled)]]
+        found = flat.view(-1).take(rows * flat.shape[1] + unit) != 0
+        unit, rows, rank = unit[found], rows[found], (around[place] - self.offsets[unit])[found]  # rank in [0, 1)
+        ranked = torch.argsort(unit + rank)  # by unit, then rank
+        unit, rows, rank = unit[ranked], rows[ranked], rank[ranked]
+        slot = torch.arange(len(unit), device=unit.device) - torch.searchsorted(unit, unit)  # rank order in its unit
+        best = slot < self.k_random
+        drawn = torch.full((len(units), self.k_random), torch.inf, dtype=rank.dtype, device=rank.device)
+        at = torch.zeros(len(units), self.k_random, dtype=torch.int64, device=rank.device)
+        drawn[unit[best], slot[best]], at[unit[best], slot[best]] = rank[best], rows[best]
+        self.random.offer(drawn, self._offset(at, length, first), at,
+                          lambda units, at: self._fetch(flat, length, first, units, at))
 
     @staticmethod
     def _offset(rows: torch.Tensor, length: int, first: torch.Tensor) -> torch.Tensor:

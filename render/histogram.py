@@ -15,6 +15,7 @@ batch. Each value counts with a weight (1 for the nonzero ones, for the atlas).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -95,9 +96,23 @@ class StreamingHistogram:
         torch.mul(values, scale, out=slots).floor_()  # the value's bin on the unit's grid, exactly
         bins.copy_(slots)
         bins.add_(self._slots - (self.lo / self.width).to(torch.int32))  # counted from lo, in the unit's slots
-        counted = torch.zeros(self.units * BINS, dtype=weights.dtype, device=weights.device)
-        counted.index_add_(0, bins.view(-1), weights.reshape(-1))
-        self.counts += counted.view(self.units, BINS).round().to(torch.int64)
+        self.counts += _count(bins.view(-1), weights.reshape(-1), self.units * BINS).view(self.units, BINS)
 
     def result(self) -> Histograms:
         return Histograms(self.lo, self.width, self.counts)
+
+
+def _count(slots: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """The sum of ``weights`` [n] falling into each of ``size`` slots by ``slots`` [n] (int32): [size] int64.
+    ``index_add_`` runs on one thread, and this scatter was the largest single cost of the contexts pass, so on the
+    CPU the values are split into as many parts as torch has threads and counted at once (torch releases the GIL)."""
+    parts = torch.get_num_threads() if slots.device.type == "cpu" else 1
+
+    def count(part: int) -> torch.Tensor:
+        lo, hi = part * len(slots) // parts, (part + 1) * len(slots) // parts
+        counted = torch.zeros(size, dtype=weights.dtype, device=weights.device)
+        return counted.index_add_(0, slots[lo:hi], weights[lo:hi])
+
+    with ThreadPoolExecutor(parts) as pool:
+        counted = sum(pool.map(count, range(parts)))
+    return counted.round().to(torch.int64)  # whole numbers: float32 is exact below 2**24 a batch

@@ -22,8 +22,8 @@ from precompute.lm.model import GPTConfig, SparseGPT
 from precompute.lm.tokenizer import load_tokenizer, token_texts
 from precompute.plan import select
 from precompute.registry import ModelSpec, get_model, language_layers
-from precompute.stages.contexts import ContextsConfig
-from render.contexts import POOL, RANDOM, TOP, WINDOW, token_keys
+from precompute.stages.contexts import ContextsConfig, layer_seed
+from render.contexts import POOL, RANDOM, TOP, WINDOW, token_keys, unit_offsets
 from render.hooks import activations
 from store import Atlas
 from store.keys import ContextKey, EdgeKind, ExampleKind, ModelKind, Stat
@@ -162,7 +162,9 @@ def test_statistics_match_the_activations(sparse_atlas: Path, acts: dict[str, to
 def test_contexts_are_where_the_unit_fires(sparse_atlas: Path, acts: dict[str, torch.Tensor]):
     layer = "0.mlp.post_act"
     a = acts[layer]
-    pool = token_keys(TOKENS, ContextsConfig().seed) < POOL
+    keys = token_keys(TOKENS, ContextsConfig().seed)
+    pool = keys < POOL
+    offsets = unit_offsets(D_MLP, layer_seed(ContextsConfig().seed, layer))
     for index, stats in enumerate(unit_stats(sparse_atlas, layer)):
         top = examples(sparse_atlas, layer, index, ExampleKind.TOP)
         peaks = [ex.source[ContextKey.OFFSET] + ex.source[ContextKey.POSITION] for ex in top]
@@ -176,8 +178,9 @@ def test_contexts_are_where_the_unit_fires(sparse_atlas: Path, acts: dict[str, t
 
         random = examples(sparse_atlas, layer, index, ExampleKind.RANDOM)
         drawn = [ex.source[ContextKey.OFFSET] + ex.source[ContextKey.POSITION] for ex in random]
-        pooled = int((a[pool, index] != 0).sum())  # drawn from the pool's nonzero tokens: all if fewer than 5
-        assert len(random) == min(RANDOM, pooled) and drawn == sorted(drawn) and len(set(drawn)) == len(drawn)
+        candidates = torch.nonzero(pool & (a[:, index] != 0)).flatten()  # the pool's tokens where it fires
+        rank = torch.remainder(keys[candidates] / POOL - offsets[index], 1.0)  # its own order of them
+        assert drawn == sorted(candidates[rank.argsort()[:RANDOM]].tolist())
         for ex, position in zip(random, drawn):
             assert a[position, index] != 0 and close(ex.activation, float(a[position, index]))
 

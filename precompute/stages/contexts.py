@@ -86,17 +86,12 @@ class ContextsStage:
                              [name for name, _ in held.documents])
         hooks = net.hook_points()
         layers = {item.layer.name: hooks[item.layer.module] for item in items}
-        offsets = {item.layer.name: unit_offsets(item.layer.units, self.layer_seed(item.layer.name))
+        offsets = {item.layer.name: unit_offsets(item.layer.units, layer_seed(self.config.seed, item.layer.name))
                    for item in items}
         found = one_pass(net, layers, tokens, context, self.config.batch, torch.from_numpy(starts), offsets,
                          self.config.seed, lambda done: self.job.report(f"pass: {done:,} of {n:,} tokens"))
         for item in items:
             yield item, found[item.layer.name]
-
-    def layer_seed(self, layer: str) -> int:
-        """The seed of a layer's random contexts: the run's seed and the layer's name, so a layer draws the same
-        contexts whichever other layers share its pass."""
-        return zlib.crc32(f"{self.config.seed}:{layer}".encode())
 
     def save(self, session: Session, item: LayerWork, found: LayerContexts) -> int:
         unit_ids = self.job.unit_ids(session, item.layer.name)
@@ -140,6 +135,12 @@ class ContextsStage:
                   ContextKey.OFFSET: start}
                  for position, start, length, shown, doc in zip(*unit) if position >= 0]
                 for unit in zip(positions, starts, lengths, values, document.tolist())]
+
+
+def layer_seed(seed: int, layer: str) -> int:
+    """The seed of a layer's random contexts: the run's seed and the layer's name, so a layer draws the same
+    contexts whichever other layers share its pass."""
+    return zlib.crc32(f"{seed}:{layer}".encode())
 
 
 def _shown(values: torch.Tensor) -> torch.Tensor:
