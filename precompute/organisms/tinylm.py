@@ -57,7 +57,7 @@ def measure(model: SparseGPT) -> dict:
     return {
         CardKey.HELDOUT: {"loss": round(heldout_loss(model, heldout.tokens, model.config.block_size, EVAL_BATCH), 4),
                           "tokens": len(heldout.tokens), "corpus_sha256": heldout.meta["corpus_hash"],
-                          "files": heldout.meta["corpus"]["heldout"]["files"],
+                          "files": len(heldout.documents),  # held-out files the sample draws from
                           "sample": "precompute/organisms/tinylm_heldout.npz"},
         CardKey.TASKS: {name: task_metrics(model, tokenizer, task, split(task, "eval", TASK_PAIRS))
                         for name, task in TASKS.items()},
