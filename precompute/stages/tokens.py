@@ -21,3 +21,17 @@ def token_texts_for(spec: ModelSpec) -> TokenTexts:
 
     encoding = openai_checkpoint.load_tokenizer(spec.weights)
     return lambda ids: tokenizing.piece_texts(encoding.decode_single_token_bytes(int(i)) for i in ids)
+
+
+def vocabulary(spec: ModelSpec, size: int) -> list[str]:
+    """Every token id's text on its own, for the ``size`` rows of the model's unembedding; an id the tokenizer does
+    not have (a vocabulary padded to a round size) shows as ``<unused ID>``."""
+    texts = token_texts_for(spec)
+
+    def text(token: int) -> str:
+        try:
+            return texts([token])[0]
+        except (KeyError, ValueError):
+            return f"<unused {token}>"
+
+    return [text(token) for token in range(size)]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from precompute.registry import LayerSpec
 from precompute.stages import Job, Plan
-from precompute.stages.tokens import token_texts_for
+from precompute.stages.tokens import vocabulary
 from render.lm_weights import edges, incoming, logit_effects, source, writes_residual
 from store.keys import EdgeKind, Stat
 from store.schema import Edge, Layer, Unit
@@ -94,7 +94,5 @@ class WeightsStage:
     def _texts(self) -> list[str]:
         """Every token's text on its own, for the token lists of logit effects."""
         if self._vocabulary is None:
-            texts = token_texts_for(self.job.spec)
-            size = self.job.net.lm_head.weight.shape[0]
-            self._vocabulary = [texts([token])[0] for token in range(size)]
+            self._vocabulary = vocabulary(self.job.spec, self.job.net.lm_head.weight.shape[0])
         return self._vocabulary
