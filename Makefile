@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` (install, precompute the embedded organism, serve) and `make test`.
+# The two commands of the README: `make demo` (install, precompute the embedded organisms (TinyVision and both TinyLMs), serve) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
