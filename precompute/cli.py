@@ -64,6 +64,35 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 @app.command()
+def tasks(
+    jsonl: list[Path] = typer.Option([], "--jsonl", help="A file of {prompt, correct, wrong} lines: a task of yours, "
+                                                          "checked and listed with the built-in ones (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the binary next-token tasks language models are scored and pruned on, with an example prompt each."""
+    from precompute.lm.tasks import TASKS, Task
+
+    found = dict(TASKS)
+    for path in jsonl:
+        try:
+            task = Task.from_jsonl(path)
+        except (OSError, ValueError) as err:
+            raise fail(f"task file {path}: {err}") from None
+        found[task.name] = task
+    listed = [{"name": task.name, "candidates": list(task.candidates), "description": task.description,
+               "example": {"prompt": pair.prompt, "correct": pair.correct, "wrong": pair.wrong}}
+              for task in found.values() for pair in task.pairs(0, 1)]
+    if as_json:
+        typer.echo(json.dumps(listed, indent=2))
+        return
+    table = Table("task", "candidates", "description", "example prompt (its end)")
+    for t in listed:
+        table.add_row(t["name"], " vs ".join(repr(c) for c in t["candidates"]), t["description"],
+                      repr(t["example"]["prompt"][-48:]))
+    Console().print(table)
+
+
+@app.command()
 def verify(
     atlas: Path = typer.Option(..., "--atlas", help="Atlas directory to check (read-only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),

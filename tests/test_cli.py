@@ -43,3 +43,26 @@ def test_precompute_without_torch_says_what_to_install(tmp_path: Path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "atlascope[precompute]" in done.stderr
+
+
+def test_tasks_lists_builtin_and_user_tasks_without_torch(tmp_path: Path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"prompt": "x = [1", "correct": "]", "wrong": "]]"}\n'
+                    '{"prompt": "x = [[1", "correct": "]]", "wrong": "]"}\n')
+    done = subprocess.run([*NO_TORCH, "tasks", "--json", "--jsonl", str(mine)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = {task["name"]: task for task in json.loads(done.stdout)}
+    assert list(listed) == ["single_double_quote", "bracket_counting", "set_or_string", "mine"]
+    assert listed["mine"]["candidates"] == ["]", "]]"]
+    for task in listed.values():  # every example answers one of its task's two candidates
+        example = task["example"]
+        assert sorted([example["correct"], example["wrong"]]) == sorted(task["candidates"])
+
+
+def test_tasks_refuses_a_bad_task_file(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x = [1", "correct": "]"}\n')
+    done = subprocess.run([*NO_TORCH, "tasks", "--jsonl", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: task file {bad}") and "Traceback" not in done.stderr
