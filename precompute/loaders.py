@@ -15,12 +15,17 @@ class WeightsError(Exception):
     pass
 
 
-def verified_state_dict(path: Path, sha256: str | None, remedy: str) -> dict:
+def verified_file(path: Path, sha256: str | None, remedy: str) -> Path:
+    """``path``, once it is there and hashes to the card's sha256; otherwise an error saying how to remake it."""
     if not path.is_file():
         raise WeightsError(f"weights not found at {path}. {remedy}")
     if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
         raise WeightsError(f"weights at {path} do not match sha256 {sha256} from the model card. {remedy}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def verified_state_dict(path: Path, sha256: str | None, remedy: str) -> dict:
+    return torch.load(verified_file(path, sha256, remedy), map_location="cpu", weights_only=True)
 
 
 def load_tinyvision(spec: ModelSpec = TINYVISION) -> torch.nn.Module:
@@ -47,7 +52,9 @@ def load_tinylm(spec: ModelSpec) -> torch.nn.Module:
     """An embedded language organism, checked against the sha256 on its card."""
     from precompute.organisms import tinylm
 
-    return tinylm.load(spec.slug, spec.card().get("weights", {}).get("sha256"))
+    verified_file(tinylm.weights_path(spec.slug), spec.card().get("weights", {}).get("sha256"),
+                  f"Recreate it with `python -m precompute.organisms.train_tinylm {spec.slug.removeprefix('tinylm-')}`.")
+    return tinylm.load(spec.slug)
 
 
 def load_openai_csp(spec: ModelSpec) -> torch.nn.Module:

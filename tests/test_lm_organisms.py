@@ -3,6 +3,7 @@ and task accuracy recompute to the card's numbers, and the training recipe's pie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,9 @@ from precompute.lm.evaluate import heldout_loss, task_metrics
 from precompute.lm.model import GPTConfig, SparseGPT
 from precompute.lm.tasks import TASKS, split
 from precompute.lm.tokenizer import load_tokenizer
+from precompute.loaders import WeightsError
 from precompute.organisms import tinylm
+from precompute.registry import get_model
 from store.keys import CardKey
 
 SLUGS = ["tinylm-sparse", "tinylm-dense"]
@@ -22,8 +25,8 @@ SLUGS = ["tinylm-sparse", "tinylm-dense"]
 
 @pytest.fixture(scope="module", params=SLUGS)
 def organism(request) -> tuple[str, dict, SparseGPT]:
-    card = json.loads(tinylm.card_path(request.param).read_text())
-    return request.param, card, tinylm.load(request.param, card[CardKey.WEIGHTS]["sha256"])
+    spec = get_model(request.param)
+    return request.param, spec.card(), spec.load()  # checked against the card's sha256, as the job loads it
 
 
 def test_sparse_weights_hold_the_target():
@@ -72,6 +75,17 @@ def test_task_accuracy_recomputes_to_the_card(organism):
         metrics = task_metrics(model, tokenizer, task, split(task, "eval", 100))
         assert metrics["accuracy"] == pytest.approx(card[CardKey.TASKS][name]["accuracy"], abs=0.1), name
     assert card[CardKey.TASKS]["single_double_quote"]["accuracy"] >= 0.7
+
+
+def test_altered_weights_are_refused_with_the_remedy(tmp_path):
+    """A card whose sha256 the committed file does not match: the loader refuses it (the CLI's exit 2) and says how
+    to remake the weights, rather than loading them."""
+    spec = get_model("tinylm-dense")
+    card = spec.card()
+    card[CardKey.WEIGHTS]["sha256"] = "0" * 64
+    (tmp_path / "tinylm-dense.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="do not match sha256 0{64}.*train_tinylm dense"):
+        dataclasses.replace(spec, card_file=tmp_path / "tinylm-dense.json").load()
 
 
 def test_keep_largest_keeps_the_largest_and_a_few_per_row():

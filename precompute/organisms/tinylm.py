@@ -33,15 +33,10 @@ def card_path(slug: str) -> Path:
     return HERE / f"{slug}.json"
 
 
-def load(slug: str, expected_sha256: str | None = None) -> SparseGPT:
-    """The organism in eval mode, from its committed compact weights (checked against the card's sha256)."""
-    path = weights_path(slug)
-    remedy = f"Recreate it with `python -m precompute.organisms.train_tinylm {slug.removeprefix('tinylm-')}`."
-    if not path.is_file():
-        raise FileNotFoundError(f"weights not found at {path}. {remedy}")
-    if expected_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != expected_sha256:
-        raise ValueError(f"weights at {path} do not match sha256 {expected_sha256} from the model card. {remedy}")
-    config, state = compact.load(path)
+def load(slug: str) -> SparseGPT:
+    """The organism in eval mode, from its compact weights as they are (``precompute.loaders.load_tinylm`` first
+    checks them against the card, as the job does; training measures weights it has just written)."""
+    config, state = compact.load(weights_path(slug))
     model = SparseGPT(GPTConfig.from_dict(config))
     model.load_state_dict(state)
     return model.eval()
