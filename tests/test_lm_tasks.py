@@ -142,10 +142,12 @@ class MarkerModel(nn.Module):
         self.vocab, self.marker = tok.get_vocab_size(), tok.token_to_id("!")
         self.a, self.b = tok.token_to_id("A"), tok.token_to_id("B")
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         logits = torch.zeros(*idx.shape, self.vocab)
         logits[..., self.a] = 2 * (idx == self.marker).cumsum(1)
         logits[..., self.b] = 1 + 0.01 * torch.arange(idx.shape[1])
+        if at is not None:
+            logits = logits[torch.arange(len(at)), at]  # [B, vocab], as SparseGPT answers
         return logits * self.scale
 
 

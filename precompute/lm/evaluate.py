@@ -57,12 +57,23 @@ def encode_pairs(tokenizer: Tokenizer, task: Task, pairs: list[Pair]) -> PairBat
                      torch.tensor([ids[p.correct] for p in pairs]), torch.tensor([ids[p.wrong] for p in pairs]))
 
 
-def candidate_logits(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """[N, T, V] logits -> [N, 2]: the correct and the wrong candidate's logit at each prompt's last position."""
-    rows = torch.arange(len(batch.last), device=logits.device)
-    at_last = logits[rows, batch.last.to(logits.device)]  # [N, V]
-    return torch.stack([at_last[rows, batch.correct.to(logits.device)],
-                        at_last[rows, batch.wrong.to(logits.device)]], dim=1)
+def by_length(batch: PairBatch, size: int) -> list[tuple[torch.Tensor, PairBatch]]:
+    """The batch cut into parts of at most ``size`` rows of similar length, each trimmed to its longest prompt so
+    little compute goes to padding: (row indices into ``batch``, part)."""
+    parts = []
+    for rows in torch.argsort(batch.last, stable=True).split(size):
+        parts.append((rows, PairBatch(batch.tokens[rows, :int(batch.last[rows].max()) + 1], batch.last[rows],
+                                      batch.correct[rows], batch.wrong[rows])))
+    return parts
+
+
+def candidate_logits(model: nn.Module, batch: PairBatch) -> torch.Tensor:
+    """[N, 2]: the correct and the wrong candidate's logit at each prompt's last position (the model unembeds that
+    position alone)."""
+    device = next(model.parameters()).device
+    at_last = model(batch.tokens.to(device), at=batch.last.to(device))  # [N, V]
+    rows = torch.arange(len(batch.last), device=device)
+    return torch.stack([at_last[rows, batch.correct.to(device)], at_last[rows, batch.wrong.to(device)]], dim=1)
 
 
 def task_loss(two: torch.Tensor) -> torch.Tensor:
@@ -82,13 +93,10 @@ def task_metrics(model: nn.Module, tokenizer: Tokenizer, task: Task, pairs: list
     if not pairs:
         raise ValueError(f"task {task.name!r}: no pairs to evaluate")
     batch = encode_pairs(tokenizer, task, pairs)
-    device = next(model.parameters()).device
     two = torch.empty(len(pairs), 2)
     with torch.inference_mode():
-        for rows in torch.argsort(batch.last, stable=True).split(batch_size):
-            part = PairBatch(batch.tokens[rows, :int(batch.last[rows].max()) + 1], batch.last[rows],
-                             batch.correct[rows], batch.wrong[rows])
-            two[rows] = candidate_logits(model(part.tokens.to(device)), part).float().cpu()
+        for rows, part in by_length(batch, batch_size):
+            two[rows] = candidate_logits(model, part).float().cpu()
     return {"accuracy": float((two[:, 0] > two[:, 1]).float().mean()), "loss": float(task_loss(two)),
             "pairs": len(pairs), "chance": 0.5}
 

@@ -295,7 +295,10 @@ class SparseGPT(nn.Module):
             })
         return points
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # [B, T] token ids -> [B, T, vocab] logits
+    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] token ids -> [B, T, vocab] logits; with ``at`` [B], only each row's logits at its position ``at``
+        ([B, vocab]), which spares the unembedding and bigram table at every other position (most of a short
+        prompt's cost when only its last token is scored)."""
         c = self.config
         time = idx.shape[1]
         if time > c.block_size:
@@ -309,6 +312,9 @@ class SparseGPT(nn.Module):
         x = self.hook_embed(x)
         for block in self.transformer.h:
             x = block(x, positions)
+        if at is not None:
+            rows = torch.arange(len(at), device=idx.device)
+            x, idx = x[rows, at], idx[rows, at]  # [B, d_model], [B]
         logits = self.lm_head(self.transformer.ln_f(x)) + self.final_logits_bias
         bigram = self.bigram_logits(idx)
         return logits if bigram is None else logits + bigram
