@@ -1,5 +1,6 @@
 """The precompute job: write a model's layers and units into an atlas, then run its stages (``precompute.stages``):
-for a vision model dataset statistics and feature visualisations, for a language model token contexts and weights.
+for a vision model dataset statistics and feature visualisations, for a language model token contexts, weights and
+task circuits.
 
 Resumable by construction. Every stage plans from what the atlas lacks, under the writer lock, before anything is
 written; each item of its work (a render batch, a layer) is committed in one transaction with the run's progress,
@@ -19,7 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from precompute.registry import ModelSpec
+from precompute.lm.circuits import CircuitConfig
+from precompute.lm.tasks import TASKS, Task
 from precompute.stages import Job, Stage
+from precompute.stages.circuits import CircuitsStage
 from precompute.stages.contexts import ContextsConfig, ContextsStage
 from precompute.stages.featvis import FeatvisStage
 from precompute.stages.stats import StatsStage
@@ -39,6 +43,8 @@ class Request:
     render: RenderConfig = RenderConfig()  # vision
     batch_size: int = 32  # vision: units rendered together
     contexts: ContextsConfig = ContextsConfig()  # language
+    circuits: CircuitConfig = CircuitConfig()  # language
+    tasks: tuple[Task, ...] | None = None  # language: the tasks to find circuits for (None: every registered one)
     device: str = "cpu"
     force: bool = False  # redo what exists (e.g. with other settings) and replace it
     wait: bool = True  # wait for another writer of the atlas to finish, rather than refuse
@@ -47,7 +53,8 @@ class Request:
         layers = {layer.name: len(units) for layer, units in self.selection}
         common = {"layers": layers, "device": self.device, "force": self.force}
         if self.spec.kind == ModelKind.LANGUAGE:
-            return {**common, "contexts": asdict(self.contexts)}
+            return {**common, "contexts": asdict(self.contexts), "circuits": self.circuits.record(),
+                    "tasks": [task.name for task in self.tasks] if self.tasks is not None else "all"}
         return {**common, "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size}
 
 
@@ -56,7 +63,9 @@ def stages(request: Request, job: Job) -> list[Stage]:
     layers = [layer for layer, _ in request.selection]
     if request.spec.kind == ModelKind.LANGUAGE:
         blocks = 1 + max(int(layer.name.partition(".")[0]) for layer in request.spec.layers)  # names: {block}.{kind}
-        return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks)]
+        tasks = list(request.tasks if request.tasks is not None else TASKS.values())
+        return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks),
+                CircuitsStage(job, tasks, request.circuits)]
     return [StatsStage(job, layers),
             FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size)]
 
@@ -66,7 +75,7 @@ class Progress:
     """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas. Counts
     are over all its stages, in what they count: images for a vision model, units for a language model."""
 
-    stage: str  # the stage at work ("stats", "render"; "contexts", "weights"), then "done"
+    stage: str  # the stage at work ("stats", "render"; "contexts", "weights", "circuits"), then "done"
     planned: int  # counted things the request asks for
     kept: int  # of them already in the atlas, intact
     todo: int  # of them to make: planned - kept

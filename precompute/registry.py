@@ -89,11 +89,14 @@ TINYVISION = ModelSpec(
 
 
 def language_layers(n_layer: int, d_model: int, d_mlp: int, d_attn: int) -> tuple[LayerSpec, ...]:
-    """A language model's layers in forward order: per block the residual stream it reads, the q/k/v channels, the
-    residual stream between attention and MLP and the MLP neurons, then the residual stream the unembedding reads.
-    A layer's name is its hook point's (``precompute.lm.model.SparseGPT.hook_points``) and is also its module."""
-    widths = {LayerKind.RESID_PRE: d_model, LayerKind.ATTN_Q: d_attn, LayerKind.ATTN_K: d_attn,
-              LayerKind.ATTN_V: d_attn, LayerKind.RESID_MID: d_model, LayerKind.MLP: d_mlp}
+    """A language model's layers in forward order: per block the residual stream it reads, attention's read channels,
+    q/k/v channels and write channels, the residual stream between attention and MLP, the MLP's read channels,
+    neurons and write channels; then the residual stream the unembedding reads. A layer's name is its hook point's
+    (``precompute.lm.model.SparseGPT.hook_points``) and is also its module."""
+    widths = {LayerKind.RESID_PRE: d_model, LayerKind.ATTN_IN: d_model, LayerKind.ATTN_Q: d_attn,
+              LayerKind.ATTN_K: d_attn, LayerKind.ATTN_V: d_attn, LayerKind.ATTN_OUT: d_model,
+              LayerKind.RESID_MID: d_model, LayerKind.MLP_IN: d_model, LayerKind.MLP: d_mlp,
+              LayerKind.MLP_OUT: d_model}
     layers = [LayerSpec(f"{block}.{kind}", f"{block}.{kind}", kind.value, width, (width,))
               for block in range(n_layer) for kind, width in widths.items()]
     last = f"{n_layer - 1}.{LayerKind.RESID_POST}"

@@ -28,6 +28,9 @@ from torch import nn
 # The hook points' kinds (``{block}.{kind}``), as the model names them
 RESID_PRE, RESID_MID, RESID_POST, MLP = "resid_pre", "resid_mid", "resid_post", "mlp.post_act"
 QKV = ("attn.q", "attn.k", "attn.v")
+# A block's residual read channels (the norms' outputs) and write channels (what attention and the MLP add): pruning's
+# nodes. Their connections are listed per circuit (``render.circuit_graph``), not here.
+READS, WRITES = ("attn.act_in", "mlp.act_in"), ("attn.out", "mlp.out")
 
 # A matrix with at most this fraction of its weights nonzero is a weight-sparse model's (the paper's are far sparser):
 # each of its weights is an edge. A dense matrix's are all nonzero; listing them all would bury the strong ones.
@@ -48,7 +51,7 @@ class Weights:
 
 def source(layer: str, n_layer: int) -> str | None:
     """The layer whose units ``layer``'s units read by a weight matrix; None for the embeddings' residual stream
-    (``0.resid_pre``), which reads tokens."""
+    (``0.resid_pre``), which reads tokens, and for read and write channels."""
     block_text, _, kind = layer.partition(".")
     block = int(block_text)
     if kind in QKV:
@@ -61,7 +64,7 @@ def source(layer: str, n_layer: int) -> str | None:
         return f"{block - 1}.{MLP}"
     if kind == RESID_POST and block == n_layer - 1:
         return f"{block}.{MLP}"
-    if kind == RESID_PRE and block == 0:
+    if (kind == RESID_PRE and block == 0) or kind in READS + WRITES:
         return None
     raise ValueError(f"no language-model layer {layer!r} in a model of {n_layer} blocks")
 
@@ -109,9 +112,9 @@ def edges(weights: Weights, strongest: int = STRONGEST) -> tuple[torch.Tensor, t
 
 
 def writes_residual(layer: str) -> bool:
-    """Whether a layer's units have logit effects: residual channels and MLP neurons (q, k, v write no residual
-    channel directly)."""
-    return layer.partition(".")[2] in (RESID_PRE, RESID_MID, RESID_POST, MLP)
+    """Whether a layer's units have logit effects: residual channels, write channels and MLP neurons (q, k, v and
+    the read channels write no residual channel directly)."""
+    return layer.partition(".")[2] in (RESID_PRE, RESID_MID, RESID_POST, MLP, *WRITES)
 
 
 def logit_effects(model: nn.Module, layer: str, k: int = EFFECTS) -> tuple[torch.Tensor, ...]:

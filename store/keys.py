@@ -62,6 +62,9 @@ class EdgeKind(StrEnum):
 
     WEIGHT = "weight"  # a direct weight (for a language model: through the norm's gain where one sits between)
     EXPANDED = "expanded_weight"  # product of weights through non-linearities replaced by identity
+    # A circuit's edge (``edges.circuit_id`` set): a nonzero weight between two of its kept nodes, raw (the nodes are
+    # the norms' outputs and the residual writes, so no gain sits between them)
+    CIRCUIT = "circuit"
 
 
 class CardKey(StrEnum):
@@ -86,9 +89,41 @@ class LayerKind(StrEnum):
     """``layers.kind`` of a language model's layers; the layer's name is ``{block}.{kind}`` (``0.mlp.post_act``)."""
 
     RESID_PRE = "resid_pre"  # the residual stream a block reads (block 0: the embeddings)
-    RESID_MID = "resid_mid"  # between a block's attention and its MLP
-    RESID_POST = "resid_post"  # after the last block: what the unembedding reads
+    ATTN_IN = "attn.act_in"  # attention's residual read channels: resid_pre through the norm
     ATTN_Q = "attn.q"
     ATTN_K = "attn.k"
     ATTN_V = "attn.v"
+    ATTN_OUT = "attn.out"  # attention's residual write channels: what it adds to the stream
+    RESID_MID = "resid_mid"  # between a block's attention and its MLP
+    MLP_IN = "mlp.act_in"  # the MLP's residual read channels
     MLP = "mlp.post_act"
+    MLP_OUT = "mlp.out"  # the MLP's residual write channels
+    RESID_POST = "resid_post"  # after the last block: what the unembedding reads
+
+
+# The layers whose channels pruning masks (the paper's nodes), in forward order within a block
+CIRCUIT_NODE_KINDS = (LayerKind.ATTN_IN, LayerKind.ATTN_Q, LayerKind.ATTN_K, LayerKind.ATTN_V, LayerKind.ATTN_OUT,
+                      LayerKind.MLP_IN, LayerKind.MLP, LayerKind.MLP_OUT)
+
+
+class CircuitKey(StrEnum):
+    """Keys of ``circuits.params``. Losses are the paper's task loss (nats); "pairs" are contrastive prompts."""
+
+    # {"target" : float, "met": bool}: whether some k reached the target on the pruning pairs
+    TARGET = "target"
+    # {"steps", "lr", "k_coef", "init", "seed", "batch", "prune_pairs", "eval_pairs", "ablation": "mean",
+    #  "mean_tokens": int (pretraining tokens the means were taken over), "nodes_total": int, "seconds": float}
+    CONFIG = "config"
+    CURVE = "curve"  # [[k, task loss on the pruning pairs]], k ascending: every k the search evaluated
+    TRACE = "trace"  # [{"step", "task_loss", "kept"}]: mask training, every tenth step
+    # Held-out pairs. {"pairs": int, "full": {"loss", "accuracy"}, and for each of "circuit_mean" (the circuit alone,
+    # the rest mean-ablated), "circuit_zero" (the rest zero-ablated), "ablated_mean" (only the circuit mean-ablated):
+    # {"loss", "accuracy", "agreement" (fraction of pairs where it picks what the full model picks)}}
+    FAITHFULNESS = "faithfulness"
+    # A few held-out pairs: [{"tokens": [str] (the prompt as the model reads it), "correct": str, "wrong": str,
+    #  "full": {"choice": str, "p_correct": float}, "circuit": {"choice": str, "p_correct": float}}]
+    EXAMPLES = "examples"
+    # The two candidate logits' reads of the circuit's residual writes: [{"layer", "index", "token", "weight"}], the
+    # unembedding row of the candidate through the final norm's gain, for each kept write channel
+    LOGITS = "logits"
+

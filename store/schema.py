@@ -5,8 +5,9 @@ a *unit* is one channel or neuron of it. What we learn about a unit attaches to 
 
 - ``unit_images``  — rendered pictures of the unit (feature visualisations by objective, later caricatures);
 - ``examples``     — ranked dataset examples (image crops or token windows);
-- ``edges``        — weighted connections between units (direct or expanded weights, circuit edges);
-- ``circuits`` / ``circuit_nodes`` — pruned task circuits of sparse language models and the units they keep.
+- ``edges``        — weighted connections between units (direct or expanded weights; a circuit's own edges carry its
+  ``circuit_id``);
+- ``circuits`` / ``circuit_nodes`` — task circuits of language models found by pruning, and the units they keep.
 
 Pictures and other payloads live in ``assets``, keyed by the sha256 of their bytes (see ``store.atlas``).
 """
@@ -16,16 +17,45 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, exists
+from sqlalchemy import (JSON, ColumnElement, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        exists, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a change to the tables makes older atlases unreadable by this code, and add its step to MIGRATIONS.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # How the writer brings an atlas of format version N up to N + 1, in place: SQL statements it runs in one transaction
 # with the new version number, under its lock. Readers refuse older atlases; any precompute into one upgrades it.
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE runs ADD COLUMN progress JSON NOT NULL DEFAULT '{}'"],  # Run.progress
+    # Edge.circuit_id, and circuits lose graph_sha256 (the server builds graphs from rows). No writer filled circuits
+    # before version 3, so their tables are made anew; edges are copied.
+    2: ["DROP TABLE circuit_nodes",
+        "DROP TABLE circuits",
+        """CREATE TABLE circuits (id INTEGER NOT NULL, model_id INTEGER NOT NULL, slug VARCHAR(128) NOT NULL,
+        task VARCHAR(128) NOT NULL, target_loss FLOAT NOT NULL, loss FLOAT NOT NULL, n_nodes INTEGER NOT NULL,
+        n_edges INTEGER NOT NULL, params JSON NOT NULL, PRIMARY KEY (id), UNIQUE (model_id, slug),
+        FOREIGN KEY(model_id) REFERENCES models (id))""",
+        "CREATE INDEX ix_circuits_model_id ON circuits (model_id)",
+        """CREATE TABLE circuit_nodes (circuit_id INTEGER NOT NULL, unit_id INTEGER NOT NULL, score FLOAT,
+        PRIMARY KEY (circuit_id, unit_id), FOREIGN KEY(circuit_id) REFERENCES circuits (id),
+        FOREIGN KEY(unit_id) REFERENCES units (id))""",
+        "CREATE INDEX ix_circuit_nodes_unit_id ON circuit_nodes (unit_id)",
+        """CREATE TABLE edges_v3 (id INTEGER NOT NULL, src_unit_id INTEGER NOT NULL, dst_unit_id INTEGER NOT NULL,
+        kind VARCHAR(64) NOT NULL, circuit_id INTEGER, weight FLOAT NOT NULL, asset_sha256 VARCHAR(64),
+        PRIMARY KEY (id), FOREIGN KEY(src_unit_id) REFERENCES units (id),
+        FOREIGN KEY(dst_unit_id) REFERENCES units (id), FOREIGN KEY(circuit_id) REFERENCES circuits (id),
+        FOREIGN KEY(asset_sha256) REFERENCES assets (sha256))""",
+        """INSERT INTO edges_v3 (id, src_unit_id, dst_unit_id, kind, weight, asset_sha256)
+        SELECT id, src_unit_id, dst_unit_id, kind, weight, asset_sha256 FROM edges""",
+        "DROP TABLE edges",
+        "ALTER TABLE edges_v3 RENAME TO edges",
+        "CREATE INDEX ix_edges_src_unit_id ON edges (src_unit_id)",
+        "CREATE INDEX ix_edges_dst_unit_id ON edges (dst_unit_id)",
+        "CREATE INDEX ix_edges_circuit_id ON edges (circuit_id)",
+        "CREATE UNIQUE INDEX uq_model_edges ON edges (src_unit_id, dst_unit_id, kind) WHERE circuit_id IS NULL",
+        "CREATE UNIQUE INDEX uq_circuit_edges ON edges (circuit_id, src_unit_id, dst_unit_id, kind) "
+        "WHERE circuit_id IS NOT NULL"],
 }
 
 
@@ -125,20 +155,30 @@ class Example(Base):
 
 
 class Edge(Base):
-    """A weighted connection from a unit it reads from (src) to the unit that reads it (dst)."""
+    """A weighted connection from a unit it reads from (src) to the unit that reads it (dst). The model's own edges
+    have no ``circuit_id``; a circuit's edges (the weights between its kept nodes, as the pruning counts them) carry
+    it, so two circuits may share a connection and each list it once."""
 
     __tablename__ = "edges"
-    __table_args__ = (UniqueConstraint("src_unit_id", "dst_unit_id", "kind"),)
+    __table_args__ = (
+        Index("uq_model_edges", "src_unit_id", "dst_unit_id", "kind", unique=True,
+              sqlite_where=text("circuit_id IS NULL")),
+        Index("uq_circuit_edges", "circuit_id", "src_unit_id", "dst_unit_id", "kind", unique=True,
+              sqlite_where=text("circuit_id IS NOT NULL")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     src_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
     dst_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(64))  # "weight", "expanded_weight", "circuit"
+    kind: Mapped[str] = mapped_column(String(64))  # store.keys.EdgeKind
+    circuit_id: Mapped[int | None] = mapped_column(ForeignKey("circuits.id"), index=True, default=None)
     weight: Mapped[float] = mapped_column(Float)
     asset_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)  # e.g. kernel image
 
 
 class Circuit(Base):
-    """A task circuit found by pruning: the smallest node set that keeps the task loss under target."""
+    """A task circuit found by pruning: the fewest nodes (by the learned order) whose task loss on the pruning pairs is
+    at most the target. ``loss`` is that loss (the lowest reached, when no k met the target: ``params`` says so);
+    ``params`` holds the rest under ``store.keys.CircuitKey``: config, curve, faithfulness, examples."""
 
     __tablename__ = "circuits"
     __table_args__ = (UniqueConstraint("model_id", "slug"),)
@@ -150,15 +190,14 @@ class Circuit(Base):
     loss: Mapped[float] = mapped_column(Float)
     n_nodes: Mapped[int] = mapped_column(Integer)
     n_edges: Mapped[int] = mapped_column(Integer)
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # k_coef, steps, ablation, faithfulness
-    graph_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)  # graph JSON
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class CircuitNode(Base):
     __tablename__ = "circuit_nodes"
     circuit_id: Mapped[int] = mapped_column(ForeignKey("circuits.id"), primary_key=True)
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), primary_key=True, index=True)
-    score: Mapped[float | None] = mapped_column(Float, default=None)  # mask logit tau or attribution
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # the node's learned mask logit tau
 
 
 class Run(Base):

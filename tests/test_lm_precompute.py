@@ -25,6 +25,7 @@ from precompute.registry import ModelSpec, get_model, language_layers
 from precompute.stages.contexts import ContextsConfig, layer_seed
 from render.contexts import POOL, RANDOM, TOP, WINDOW, token_keys, unit_offsets
 from render.hooks import activations
+from render.lm_weights import source
 from store import Atlas
 from store.keys import ContextKey, EdgeKind, ExampleKind, ModelKind, Stat
 from store.schema import Edge, Example, Layer, Unit
@@ -67,14 +68,18 @@ def spec(variant: str) -> ModelSpec:
 
 def precompute(atlas: Path, variant: str = "sparse", **callbacks) -> int:
     model = spec(variant)
-    request = job.Request(model, atlas, select(model, None, None), contexts=ContextsConfig(tokens=TOKENS))
+    request = job.Request(model, atlas, select(model, None, None), contexts=ContextsConfig(tokens=TOKENS), tasks=())
     return job.run(request, **callbacks)
+
+
+def units() -> int:
+    return sum(layer.units for layer in spec("sparse").layers)
 
 
 @pytest.fixture(scope="module")
 def sparse_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     atlas = tmp_path_factory.mktemp("lm-sparse")
-    assert precompute(atlas) == sum(layer.units for layer in spec("sparse").layers)
+    assert precompute(atlas) == units()
     return atlas
 
 
@@ -226,7 +231,8 @@ def test_no_weight_edges_into_the_embeddings_or_between_q_and_k(sparse_atlas: Pa
     with sqlite3.connect(sparse_atlas / "atlas.db") as db:
         into = dict(db.execute("SELECT l.name, count(*) FROM edges e JOIN units u ON u.id = e.dst_unit_id "
                                "JOIN layers l ON l.id = u.layer_id GROUP BY l.name").fetchall())
-    assert "0.resid_pre" not in into and len(into) == len(spec("sparse").layers) - 1
+    readers = {layer.name for layer in spec("sparse").layers if source(layer.name, build(sparse=True).config.n_layer)}
+    assert "0.resid_pre" not in into and set(into) == readers
 
 
 @pytest.mark.parametrize("layer, index", [("1.mlp.post_act", 5), ("0.resid_mid", 7)])
@@ -269,7 +275,7 @@ def test_a_rerun_does_nothing(sparse_atlas: Path):
     before = snapshot(sparse_atlas)
     plans: list[tuple[int, int]] = []
     assert precompute(sparse_atlas, on_plan=lambda total, todo: plans.append((total, todo))) == 0
-    assert plans == [(480, 0)] and snapshot(sparse_atlas) == before
+    assert plans == [(units(), 0)] and snapshot(sparse_atlas) == before
 
 
 def test_an_interrupted_run_resumes_to_the_same_atlas(sparse_atlas: Path, tmp_path: Path):
@@ -285,10 +291,10 @@ def test_an_interrupted_run_resumes_to_the_same_atlas(sparse_atlas: Path, tmp_pa
     with sqlite3.connect(tmp_path / "atlas.db") as db:
         progress = db.execute("SELECT progress FROM runs").fetchone()[0]
         measured = db.execute("SELECT count(*) FROM units WHERE json_extract(stats, '$.density') IS NOT NULL")
-        assert '"stage": "contexts"' in progress and measured.fetchone()[0] == 32 + 32  # two layers
+        assert '"stage": "contexts"' in progress and measured.fetchone()[0] == 32 + 32  # resid_pre, attn.act_in
     plans: list[tuple[int, int]] = []
     precompute(tmp_path, on_plan=lambda total, todo: plans.append((total, todo)))
-    assert plans == [(480, 480 - 64)] and snapshot(tmp_path) == snapshot(sparse_atlas)
+    assert plans == [(units(), units() - 64)] and snapshot(tmp_path) == snapshot(sparse_atlas)
 
 
 def test_the_unit_page_carries_what_the_job_stored(sparse_atlas: Path):
@@ -320,6 +326,10 @@ needs_organism = pytest.mark.skipif(not ORGANISM.layers, reason="the organism's 
     pytest.param(["tinylm-sparse", "--tokens", "300000"], "to 262,144 (the whole held-out sample)",
                  marks=needs_organism),
     pytest.param(["tinylm-sparse", "--layers", "0.mlp"], "has no layer '0.mlp'", marks=needs_organism),
+    pytest.param(["tinylm-sparse", "--tasks", "quotes"], "unknown task(s) ['quotes']", marks=needs_organism),
+    pytest.param(["tinylm-sparse", "--task-file", "/nonexistent.jsonl"], "task file /nonexistent.jsonl",
+                 marks=needs_organism),
+    (["tinyvision", "--tasks", "single_double_quote"], "--tasks and --task-file are for language models"),
     (["tinyvision", "--tokens", "4096"], "--tokens is for language models"),
 ])
 def test_bad_language_input_fails_clearly_and_writes_nothing(tmp_path: Path, args: list[str], message: str):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from store import Atlas, AtlasError
+from store import FORMAT_VERSION, Atlas, AtlasError
+from store.schema import Base
 from tests.conftest import ATLASCOPE, SHORT_PRECOMPUTE, atlascope
 from tests.damage import killed_mid_commit, orphan_blob, tmp_file, unreferenced_asset
 
@@ -240,9 +241,50 @@ def test_a_version_1_atlas_is_upgraded_in_place(atlas_dir: Path, tmp_path: Path)
     assert "4 already in" in done.stderr and images(atlas) == images(atlas_dir)
     Atlas.open_readonly(atlas).engine.dispose()
     with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION),)
         progress = [json.loads(p) for p, in db.execute("SELECT progress FROM runs ORDER BY id")]
     assert progress[0] == {} and progress[-1]["stage"] == "done"  # runs of before the upgrade have no progress
+
+
+# The tables version 3 changed, as version 2 made them
+VERSION_2_TABLES = [
+    "DROP TABLE edges", "DROP TABLE circuit_nodes", "DROP TABLE circuits",
+    "CREATE TABLE circuits (id INTEGER NOT NULL, model_id INTEGER NOT NULL, slug VARCHAR(128) NOT NULL, task "
+    "VARCHAR(128) NOT NULL, target_loss FLOAT NOT NULL, loss FLOAT NOT NULL, n_nodes INTEGER NOT NULL, n_edges INTEGER "
+    "NOT NULL, params JSON NOT NULL, graph_sha256 VARCHAR(64), PRIMARY KEY (id), UNIQUE (model_id, slug), FOREIGN "
+    "KEY(model_id) REFERENCES models (id), FOREIGN KEY(graph_sha256) REFERENCES assets (sha256))",
+    "CREATE TABLE circuit_nodes (circuit_id INTEGER NOT NULL, unit_id INTEGER NOT NULL, score FLOAT, PRIMARY KEY "
+    "(circuit_id, unit_id), FOREIGN KEY(circuit_id) REFERENCES circuits (id), FOREIGN KEY(unit_id) REFERENCES units "
+    "(id))",
+    "CREATE TABLE edges (id INTEGER NOT NULL, src_unit_id INTEGER NOT NULL, dst_unit_id INTEGER NOT NULL, kind "
+    "VARCHAR(64) NOT NULL, weight FLOAT NOT NULL, asset_sha256 VARCHAR(64), PRIMARY KEY (id), UNIQUE (src_unit_id, "
+    "dst_unit_id, kind), FOREIGN KEY(src_unit_id) REFERENCES units (id), FOREIGN KEY(dst_unit_id) REFERENCES units "
+    "(id), FOREIGN KEY(asset_sha256) REFERENCES assets (sha256))",
+    "INSERT INTO edges (src_unit_id, dst_unit_id, kind, weight) VALUES (1, 2, 'weight', 0.5), (2, 3, 'weight', -1.5)",
+    "UPDATE meta SET value = '2' WHERE key = 'format_version'",
+]
+
+
+def test_a_version_2_atlas_keeps_its_edges_and_gains_circuit_edges(atlas_dir: Path, tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, atlas)
+    with sqlite3.connect(atlas / "atlas.db") as db:
+        for statement in VERSION_2_TABLES:
+            db.execute(statement)
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION),)
+        assert db.execute("SELECT src_unit_id, dst_unit_id, kind, weight, circuit_id FROM edges ORDER BY id").fetchall() \
+            == [(1, 2, "weight", 0.5, None), (2, 3, "weight", -1.5, None)]
+        columns = {table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")] for table in ("edges", "circuits")}
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(edges)")}
+    db = sqlite3.connect(atlas / "atlas.db")
+    with pytest.raises(sqlite3.IntegrityError):  # the model's edges stay unique
+        db.execute("INSERT INTO edges (src_unit_id, dst_unit_id, kind, weight) VALUES (1, 2, 'weight', 1.0)")
+    db.close()
+    assert {table: [c.name for c in Base.metadata.tables[table].columns] for table in columns} == columns
+    assert {index.name for index in Base.metadata.tables["edges"].indexes} <= indexes
 
 
 def test_leftovers_are_collected_before_a_run(atlas_dir: Path, tmp_path: Path):

@@ -1,0 +1,80 @@
+"""Language stage ``circuits``: for each task of the request, the model's circuit found by pruning
+(``precompute.lm.circuits``), saved as one ``circuits`` row (``store.keys.CircuitKey`` in its params), its kept
+nodes as ``circuit_nodes`` and the weights between them as ``edges`` of kind ``EdgeKind.CIRCUIT`` carrying the
+circuit's id. Counts nothing in the run's progress (its items are tasks, not units); the progress names the task.
+
+A task is pending while the model has no circuit for it (every chosen task with --force). Saving replaces the task's
+circuit whole, so an interrupted run leaves either the old circuit or the new one. Pruning is seeded: a rerun finds
+the same circuit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from precompute.lm import tokenizer as tokenizing
+from precompute.lm.circuits import CircuitConfig, FoundCircuit, find_circuit
+from precompute.lm.tasks import Task
+from precompute.stages import Job, Plan
+from store.keys import CircuitKey, EdgeKind
+from store.schema import Circuit, CircuitNode, Edge
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    task: Task
+
+    @property
+    def label(self) -> str:
+        return f"circuit {self.task.name}"
+
+
+class CircuitsStage:
+    name = "circuits"
+
+    def __init__(self, job: Job, tasks: list[Task], config: CircuitConfig):
+        self.job, self.tasks, self.config = job, tasks, config
+
+    def plan(self, session: Session) -> Plan:
+        have = set(session.scalars(select(Circuit.slug).where(Circuit.model_id == self.job.model_id)))
+        return Plan([TaskWork(task) for task in self.tasks if self.job.force or task.name not in have])
+
+    def run(self, items: list[TaskWork]) -> Iterator[tuple[TaskWork, FoundCircuit]]:
+        tokenizer = tokenizing.load_tokenizer()
+        pretraining = self.job.spec.dataset_sample().tokens
+        for item in items:
+            yield item, find_circuit(self.job.net, tokenizer, item.task, pretraining, self.config)
+
+    def save(self, session: Session, item: TaskWork, found: FoundCircuit) -> int:
+        old = session.scalar(select(Circuit.id).where(Circuit.model_id == self.job.model_id,
+                                                       Circuit.slug == item.task.name))
+        if old is not None:
+            session.execute(delete(Edge).where(Edge.circuit_id == old))
+            session.execute(delete(CircuitNode).where(CircuitNode.circuit_id == old))
+            session.execute(delete(Circuit).where(Circuit.id == old))
+        pruned = found.pruned
+        circuit = Circuit(model_id=self.job.model_id, slug=item.task.name, task=item.task.name,
+                          target_loss=self.config.prune.target_loss, loss=pruned.loss, n_nodes=pruned.k,
+                          n_edges=len(found.edges), params={
+                              CircuitKey.TARGET: {"target": self.config.prune.target_loss, "met": pruned.met},
+                              CircuitKey.CONFIG: found.config,
+                              CircuitKey.CURVE: [[k, loss] for k, loss in pruned.curve.items()],
+                              CircuitKey.TRACE: pruned.trace,
+                              CircuitKey.FAITHFULNESS: found.faithfulness,
+                              CircuitKey.EXAMPLES: found.examples,
+                              CircuitKey.LOGITS: found.logits})
+        session.add(circuit)
+        session.flush()
+        ids = {layer: self.job.unit_ids(session, layer) for layer in {layer for layer, _, _ in found.nodes}}
+        if found.nodes:
+            session.execute(insert(CircuitNode), [{"circuit_id": circuit.id, "unit_id": ids[layer][index],
+                                                   "score": tau} for layer, index, tau in found.nodes])
+        if found.edges:
+            session.execute(insert(Edge), [{"src_unit_id": ids[e.src][e.src_index], "dst_unit_id": ids[e.dst][e.dst_index],
+                                             "kind": EdgeKind.CIRCUIT, "circuit_id": circuit.id, "weight": e.weight}
+                                            for e in found.edges])
+        return 0
