@@ -6,7 +6,9 @@ waits for a thread (that was the old stall), and the event loop stays free to an
 Responses are marked cacheable and reach ``server.cache``, which adds ETags, gzip and 304s.
 
 The ``.json`` route of a page is registered before its HTML route: a path parameter matches dots, so
-``/models/m/conv1.json`` would otherwise reach the HTML route as a layer named ``conv1.json``. Path parameters are
+``/models/m/conv1.json`` would otherwise reach the HTML route as a layer named ``conv1.json``. A model's circuits
+(``/models/{model}/circuits/{task}``) are registered before its units, whose URLs have the same shape: there a number,
+in a model with a layer named ``circuits``, is that layer's unit, so no unit URL changes meaning. Path parameters are
 plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422; so are the
 query parameters, whose values the schema lists. A layer page's ``?unit=N`` (its jump box, a plain form) answers 303
 with the unit's page. HEAD is answered for every route by ``server.cache``.
@@ -23,14 +25,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import func, select
 
 from server.cache import mark_cacheable
+from server.circuit_tracer import TracerGraph, tracer_graph
 from server.errors import NotFound
-from server.pages.common import echo
+from server.pages.circuit import circuit_page, has_circuits_layer
+from server.pages.common import echo, unit_number
 from server.pages.index import index_page
 from server.pages.layer import LANGUAGE_SORTS, ORDERS, jump_url, layer_page
 from server.pages.model import model_page
+from server.pages.tasks import task_page, tasks_page
 from server.pages.unit import unit_page
 from server.templating import render_page
-from server.twins import ErrorBody, Health, IndexPage, LayerPage, ModelPage, Twin, UnitPage
+from server.twins import (
+    CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, TaskPage, TasksPage, Twin, UnitPage,
+)
 from server.urls import DEFAULT_KIND, DEFAULT_SORT
 from store import FORMAT_VERSION
 from store.errors import BUSY, INTERRUPTED, classify
@@ -99,6 +106,30 @@ async def index_html(request: Request) -> Response:
     return await twin_response(request, index_page, IndexPage, template="index.html")
 
 
+@router.get("/circuits.json", tags=["json"], summary="Tasks that have circuits", response_model=TasksPage,
+            responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def tasks_json(request: Request) -> Response:
+    return await twin_response(request, tasks_page, TasksPage)
+
+
+@router.get("/circuits", response_class=HTMLResponse, tags=["html"], summary="Tasks that have circuits",
+            responses={**NOT_MODIFIED, **ERRORS})
+async def tasks_html(request: Request) -> Response:
+    return await twin_response(request, tasks_page, TasksPage, template="tasks.html")
+
+
+@router.get("/circuits/{task}.json", tags=["json"], summary="Every model's circuit for a task, side by side",
+            response_model=TaskPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def task_json(request: Request, task: str) -> Response:
+    return await twin_response(request, task_page, TaskPage, task)
+
+
+@router.get("/circuits/{task}", response_class=HTMLResponse, tags=["html"],
+            summary="Every model's circuit for a task, side by side", responses={**NOT_MODIFIED, **ERRORS})
+async def task_html(request: Request, task: str) -> Response:
+    return await twin_response(request, task_page, TaskPage, task, template="task.html")
+
+
 @router.get("/models/{model}.json", tags=["json"], summary="A model card and its layers", response_model=ModelPage,
             responses={**NOT_MODIFIED, **JSON_ERRORS})
 async def model_json(request: Request, model: str) -> Response:
@@ -139,6 +170,58 @@ async def layer_json(request: Request, model: str, layer: str, page: str = PageQ
 async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
                      sort: str = SortQuery, order: str | None = OrderQuery, unit: str | None = UnitQuery) -> Response:
     return await layer_response(request, model, layer, page, kind, sort, order, unit, template="layer.html")
+
+
+async def circuit_response(request: Request, model: str, task: str, template: str | None = None) -> Response:
+    """A model's circuit for a task, unless ``task`` is a number and the model has a layer named ``circuits``: then
+    it is that layer's unit, whose URL this one shadows."""
+    if unit_number(task) is not None:
+        atlas = request.app.state.atlas
+
+        def shadowed() -> bool:
+            with atlas.sessions() as session:
+                return has_circuits_layer(session, model)
+
+        if await in_executor(request, shadowed):
+            per_page = request.app.state.settings.per_page
+            return await twin_response(request, unit_page, UnitPage, model, "circuits", task, per_page,
+                                       template="unit.html" if template else None)
+    return await twin_response(request, circuit_page, CircuitPage, model, task, template=template)
+
+
+CIRCUIT_SUMMARY = "A task circuit of a language model: its graph, loss curve, faithfulness and examples"
+
+
+@router.get("/models/{model}/circuits/{task}/graph.json", tags=["json"],
+            summary="A task circuit as circuit-tracer's graph JSON", response_model=TracerGraph,
+            responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def circuit_graph_json(request: Request, model: str, task: str) -> Response:
+    """The format of github safety-research/circuit-tracer, which Neuronpedia's graph viewer reads; see
+    `server/circuit_tracer.py` for how a pruned circuit maps onto it."""
+    atlas = request.app.state.atlas
+
+    def work() -> Response:
+        with atlas.sessions() as session:
+            graph = TracerGraph.model_validate(tracer_graph(session, model, task))
+        return Response(graph.model_dump_json(), media_type="application/json")
+
+    response = await in_executor(request, work)
+    mark_cacheable(request)
+    return response
+
+
+@router.get("/models/{model}/circuits/{task}.json", tags=["json"], summary=CIRCUIT_SUMMARY,
+            response_model=CircuitPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
+async def circuit_json(request: Request, model: str, task: str) -> Response:
+    """In a model with a layer named `circuits`, a number here is that layer's unit (its twin)."""
+    return await circuit_response(request, model, task)
+
+
+@router.get("/models/{model}/circuits/{task}", response_class=HTMLResponse, tags=["html"], summary=CIRCUIT_SUMMARY,
+            responses={**NOT_MODIFIED, **ERRORS})
+async def circuit_html(request: Request, model: str, task: str) -> Response:
+    """In a model with a layer named `circuits`, a number here is that layer's unit."""
+    return await circuit_response(request, model, task, template="circuit.html")
 
 
 @router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours",

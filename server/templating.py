@@ -6,6 +6,7 @@ import spec: the same lookup, editable or installed.
 """
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def source_text(token: str) -> Markup:
 
 
 templates = Jinja2Templates(directory=package_dir("templates"))
-templates.env.filters.update(percent=percent, duration=duration, visible=visible, source_text=source_text)
+templates.env.filters.update(percent=percent, duration=duration, visible=visible, source_text=source_text,
+                             log10=math.log10)  # log10: the circuit page's loss-vs-k chart has a log axis
 templates.env.globals["CardKey"] = CardKey  # language-model card sections, by the names the job writes them under
 templates.env.globals["ModelKind"] = ModelKind
 

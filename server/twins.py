@@ -80,12 +80,38 @@ class IndexModel(ModelRef):
     n_rendered: int = Field(description="Units the job has done: with a channel image (vision) or with statistics "
                                         "(language).")
     job: Progress | None = Field(description="The latest precompute run of this model, unless it finished.")
+    n_circuits: int = Field(description="Task circuits of this model (language models), listed on its page.")
+
+
+class CircuitsLink(Linked):
+    """`/circuits`: the tasks that have circuits, each comparing every model's circuit for it."""
+
+    n_tasks: int
+    n_circuits: int
 
 
 class IndexPage(Linked):
     format_version: int = Field(description="The atlas format this server reads.")
     writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
     models: list[IndexModel]
+    circuits: CircuitsLink
+
+
+class CircuitSummary(Linked):
+    """A task circuit of a language model, in a list: the task, its size, and whether it does the task."""
+
+    slug: str = Field(description="The circuit's URL name: the task's name, e.g. `single_double_quote`.")
+    task: str
+    target_loss: float = Field(description="The task loss (nats) pruning aimed for on the pruning pairs.")
+    loss: float = Field(description="The circuit's task loss on the pruning pairs; the lowest reached when the "
+                                    "target was not met.")
+    met: bool = Field(description="Whether some number of nodes reached the target loss on the pruning pairs.")
+    heldout_loss: float | None = Field(description="Task loss on held-out pairs of the circuit alone, the rest "
+                                                   "mean-ablated (`faithfulness.circuit_mean.loss`); above "
+                                                   "`target_loss` means the circuit does not carry the task on "
+                                                   "prompts pruning never saw.")
+    n_nodes: int = Field(description="Kept nodes (channels and neurons).")
+    n_edges: int = Field(description="Nonzero weights between kept nodes: the paper's measure of circuit size.")
 
 
 class ModelInfo(ModelRef):
@@ -117,6 +143,7 @@ class ModelPage(Linked):
     model: ModelInfo
     layers: list[LayerSummary] = Field(description="In forward order.")
     runs: list[RunInfo] = Field(description="Precompute runs, oldest first: provenance of what the atlas holds.")
+    circuits: list[CircuitSummary] = Field(description="The model's task circuits, by task (language models).")
 
 
 class KindLink(Linked):
@@ -250,7 +277,7 @@ class Contexts(Twin):
 
 
 class Edge(Twin):
-    kind: str = Field(description="`weight`, `expanded_weight` or `circuit`.")
+    kind: str = Field(description="`weight` or `expanded_weight` (a circuit's own edges are on its page).")
     weight: float
     unit: UnitRef = Field(description="The unit at the other end.")
     image: Asset | None
@@ -262,16 +289,11 @@ class EdgeList(Twin):
                                           "language model (every nonzero weight of a sparse one).")
 
 
-class CircuitMembership(Twin):
-    slug: str
-    task: str
-    target_loss: float
-    loss: float
-    n_nodes: int
-    n_edges: int
-    params: dict[str, Any]
-    score: float | None = Field(description="This unit's mask logit or attribution in the circuit.")
-    graph: Asset | None
+class CircuitMembership(CircuitSummary):
+    """A circuit that keeps this unit."""
+
+    tau: float | None = Field(description="This unit's learned mask logit in the circuit: kept nodes have tau > 0, "
+                                          "and pruning kept the nodes of highest tau.")
 
 
 class UnitPage(Linked):
@@ -294,10 +316,180 @@ class UnitPage(Linked):
     contexts: Contexts | None = Field(description="Language models: token windows it fires on; null if it has none.")
     edges: dict[Literal["in", "out"], EdgeList] = Field(description="`in`: units it reads from; `out`: units that "
                                                                     "read it.")
-    circuits: list[CircuitMembership]
+    circuits: list[CircuitMembership] = Field(description="The task circuits that keep this unit, by task.")
     prev: UnitRef | None
     next: UnitRef | None
     up: Linked = Field(description="The page of the layer grid that shows this unit.")
+
+
+class BriefContext(Twin):
+    """A few tokens around one of a unit's top activations."""
+
+    activation: float = Field(description="The unit's activation at the marked token.")
+    tokens: list[str] = Field(description="Up to 8 tokens before the marked one, it, and up to 3 after.")
+    position: int = Field(description="Index in `tokens` of the marked token.")
+
+
+class NodeBrief(Twin):
+    """What a node's unit does, in short: the graph shows it when the pointer rests on the node."""
+
+    density: float | None = Field(description="Fraction of held-out tokens where the unit is nonzero.")
+    max: float | None = Field(description="Its largest activation on the held-out sample.")
+    top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
+    contexts: list[BriefContext] = Field(description="Its 3 highest-activating contexts, highest first, cut short.")
+
+
+class CircuitNode(UnitRef):
+    """A node of a circuit's graph: a channel or neuron of the model, which has its own unit page."""
+
+    kind: str = Field(description="Its layer's kind: `attn.act_in`, `attn.q`, `attn.k`, `attn.v`, `attn.out`, "
+                                  "`mlp.act_in`, `mlp.post_act` or `mlp.out`; `resid_pre` for an embedding channel.")
+    column: int = Field(description="Its column in the graph, in forward order: 0 for the embeddings, then one per "
+                                    "node layer of each block in the order above; the candidates' logits are last.")
+    tau: float | None = Field(description="Its learned mask logit; null for the embeddings, which are not pruned.")
+    brief: NodeBrief | None = Field(description="Null while the unit is not measured.")
+
+
+class Candidate(Twin):
+    """One of the task's two candidate next tokens, whose logit the circuit's writes reach."""
+
+    token: str
+    column: int = Field(description="The graph's last column.")
+
+
+class CircuitEdge(Twin):
+    """A nonzero weight between two kept nodes (read channel to q/k/v, v to attention's write channel, read channel
+    to MLP neuron, neuron to the MLP's write channel): what the paper counts as the circuit's size."""
+
+    src_layer: str
+    src_index: int
+    dst_layer: str
+    dst_index: int
+    weight: float
+
+
+class ResidualLink(Twin):
+    """The residual stream carrying one channel from a kept write (or from the embedding) to a later kept read of the
+    same channel: an identity, not a weight, so not an edge of the circuit. Derived by the server."""
+
+    src_layer: str = Field(description="An `attn.out` or `mlp.out` layer, or `0.resid_pre`: the embedding.")
+    dst_layer: str = Field(description="A later `attn.act_in` or `mlp.act_in` layer.")
+    index: int = Field(description="The channel, the same at both ends.")
+
+
+class LogitLink(Twin):
+    """How a candidate's logit reads a kept write channel: its unembedding row through the final norm's gain."""
+
+    layer: str
+    index: int
+    token: str
+    weight: float
+
+
+class CurvePoint(Twin):
+    k: int = Field(description="Nodes kept: the top k by tau.")
+    loss: float = Field(description="Task loss on the pruning pairs with only those kept.")
+
+
+class TraceStep(Twin):
+    step: int
+    task_loss: float
+    kept: int = Field(description="Nodes with tau > 0 at that step.")
+
+
+class Scores(Twin):
+    loss: float | None = Field(description="Task loss, nats.")
+    accuracy: float | None = Field(description="Fraction of pairs where the correct token scores higher.")
+    agreement: float | None = Field(description="Fraction of pairs where it picks what the full model picks; null "
+                                                "for the full model.")
+
+
+class Faithfulness(Twin):
+    """Held-out pairs, never seen by pruning: does the circuit do the task alone, and does the model need it?"""
+
+    pairs: int | None
+    full: Scores | None = Field(description="The whole model.")
+    circuit_mean: Scores | None = Field(description="The circuit alone, every other node mean-ablated (as pruned).")
+    circuit_zero: Scores | None = Field(description="The circuit alone, every other node zero-ablated.")
+    ablated_mean: Scores | None = Field(description="The model without the circuit: only its nodes mean-ablated.")
+
+
+class Verdict(Twin):
+    choice: str = Field(description="The candidate it scores higher.")
+    p_correct: float = Field(description="Probability of the correct candidate, over the two.")
+
+
+class PairExample(Twin):
+    """A held-out pair, with what the full model and the circuit alone make of it."""
+
+    tokens: list[str] = Field(description="The prompt as the model reads it.")
+    correct: str
+    wrong: str
+    full: Verdict | None
+    circuit: Verdict | None
+
+
+class Download(Twin):
+    url: str
+    media_type: str
+
+
+class CircuitPage(CircuitSummary):
+    model: ModelRef
+    compare: Linked = Field(description="Every language model's circuit for this task, side by side.")
+    download: Download = Field(description="This circuit as circuit-tracer's graph JSON (nodes, links, metadata), "
+                                           "for tools that read that format.")
+    nodes: list[CircuitNode] = Field(description="Every kept node, in forward order.")
+    embeddings: list[CircuitNode] = Field(description="The embedding's channels (`0.resid_pre`) that feed kept read "
+                                                      "channels: drawn as the graph's first column.")
+    candidates: list[Candidate]
+    edges: list[CircuitEdge] = Field(description="Every edge of the circuit (`n_edges`), strongest |weight| first.")
+    drawn_edges: int = Field(description="How many of `edges` (the first, strongest) the page's graph draws.")
+    residual: list[ResidualLink] = Field(description="Residual links between kept nodes, and from the embedding.")
+    logits: list[LogitLink] = Field(description="Kept write channels to the candidates' logits.")
+    curve: list[CurvePoint] = Field(description="Every k the search evaluated, k ascending; the circuit is k = "
+                                                "`n_nodes`.")
+    trace: list[TraceStep] = Field(description="Mask training, every tenth step.")
+    faithfulness: Faithfulness | None
+    examples: list[PairExample] = Field(description="A few held-out pairs.")
+    config: dict[str, Any] = Field(description="How pruning ran: steps, lr, k_coef, init, seed, batch, prune_pairs, "
+                                               "eval_pairs, ablation, mean_tokens, nodes_total, seconds.")
+
+
+class TaskCircuit(CircuitSummary):
+    """One model's circuit for the task, with what tells whether models are compared at matched loss."""
+
+    model: ModelRef
+    weights: str | None = Field(description="`sparse` or `dense`, from the model card.")
+    pretraining_loss: float | None = Field(description="The model's held-out loss on pretraining text, "
+                                                       "nats/token, from its card.")
+
+
+class CircuitPair(Twin):
+    """A dense model's circuit against a weight-sparse model's, for the same task."""
+
+    dense: ModelRef
+    sparse: ModelRef
+    edge_ratio: float | None = Field(description="Dense edges ÷ sparse edges; null when the sparse circuit has none.")
+    node_ratio: float | None = Field(description="Dense nodes ÷ sparse nodes; null when the sparse circuit has none.")
+
+
+class TaskPage(Linked):
+    slug: str = Field(description="The task's name, as the circuits' URLs spell it.")
+    task: str
+    circuits: list[TaskCircuit] = Field(description="Every model's circuit for the task, by model title.")
+    pairs: list[CircuitPair] = Field(description="Every (dense, sparse) pair of those models.")
+    up: Linked = Field(description="All tasks.")
+
+
+class TaskEntry(Linked):
+    slug: str
+    task: str
+    models: list[ModelRef] = Field(description="The models with a circuit for it.")
+
+
+class TasksPage(Linked):
+    tasks: list[TaskEntry] = Field(description="Every task some model has a circuit for, by name.")
 
 
 class ErrorDetail(Twin):

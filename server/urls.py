@@ -38,6 +38,26 @@ def unit_url(model: str, layer: str, index: int) -> str:
     return f"{layer_url(model, layer)}/{index}"
 
 
+def circuit_url(model: str, task: str) -> str:
+    """A model's circuit for a task. Shares its shape with a unit of a layer named ``circuits``; ``server.routes``
+    keeps such a unit's URL (a number) reaching the unit."""
+    return f"{model_url(model)}/circuits/{quote(task, safe='')}"
+
+
+def circuit_graph_url(model: str, task: str) -> str:
+    """The circuit as circuit-tracer's graph JSON (a download, with no HTML page and so no ``.json`` twin)."""
+    return f"{circuit_url(model, task)}/graph.json"
+
+
+def tasks_url() -> str:
+    return "/circuits"
+
+
+def task_url(task: str) -> str:
+    """Every language model's circuit for one task, side by side."""
+    return f"{tasks_url()}/{quote(task, safe='')}"
+
+
 def asset_url(sha256: str, media_type: str) -> str:
     """Blobs are addressed by hash; the extension only helps people who save the file."""
     return f"/assets/{sha256}{mimetypes.guess_extension(media_type) or ''}"

@@ -2,8 +2,9 @@
 pages can be tested without torch, a tokenizer or a trained model.
 
 The model "fixture-lm" has 2 blocks, d_model 8, 4 query/key/value channels per head times 2 heads, and d_mlp 16, so
-its layers are ``{0,1}.resid_pre``, ``.attn.q``, ``.attn.k``, ``.attn.v``, ``.resid_mid``, ``.mlp.post_act`` and
-``1.resid_post``. Every unit has a row; a few are filled in full:
+its layers are, per block in forward order, ``{0,1}.resid_pre``, ``.attn.act_in``, ``.attn.q``, ``.attn.k``,
+``.attn.v``, ``.attn.out``, ``.resid_mid``, ``.mlp.act_in``, ``.mlp.post_act``, ``.mlp.out``, then ``1.resid_post``.
+Every unit has a row; a few are filled in full:
 
 - ``NEURON`` (an MLP neuron): 20 top contexts stored out of rank order, 5 random ones, a histogram, logit effects,
   and weights from three residual channels and to two. Its top context holds a newline, quotes, ``<``, non-ASCII
@@ -12,6 +13,14 @@ its layers are ``{0,1}.resid_pre``, ``.attn.q``, ``.attn.k``, ``.attn.v``, ``.re
 - ``QUERY`` (an attention query channel): contexts and statistics but no logit effects, as the job writes them.
 - the other units of ``NEURON``'s layer: density, max and top tokens in an order unlike their index, except
   ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires: an empty histogram).
+
+It has two task circuits: ``TASK`` (``QUOTE_NODES``, ``QUOTE_EDGES``, ``QUOTE_LOGITS``: met, faithful on held-out
+pairs; it keeps ``NEURON`` and ``QUERY``, the rest unmeasured) and ``FAITHLESS_TASK`` (met on the pruning pairs, but
+its held-out loss is above the target; it keeps ``NEURON`` too, with an edge the quote circuit also has).
+
+The model "fixture-lm-dense" has the same layers and a dense card (``DENSE_CARD``), no statistics, and a circuit for
+``TASK`` that keeps every node of its blocks with every weight between them (``DENSE_EDGES``, more than a page draws)
+and misses the target. Together the two models make a (dense, sparse) pair on the task's comparison page.
 
 Use the fixtures by importing them into a test module: ``from tests.lm_fixture import lm_atlas, lm_server``.
 """
@@ -25,8 +34,10 @@ from pathlib import Path
 import pytest
 
 from store import Atlas
-from store.keys import CardKey, ContextKey, EdgeKind, ExampleKind, LayerKind, Stat
-from store.schema import Edge, Example, Layer, Model, Unit
+from sqlalchemy.orm import Session
+
+from store.keys import CIRCUIT_NODE_KINDS, CardKey, CircuitKey, ContextKey, EdgeKind, ExampleKind, LayerKind, Stat
+from store.schema import Circuit, CircuitNode, Edge, Example, Layer, Model, Unit
 from tests.conftest import serving
 
 SLUG = "fixture-lm"
@@ -37,7 +48,8 @@ QUERY = (f"1.{LayerKind.ATTN_Q}", 2)
 UNMEASURED = (f"0.{LayerKind.MLP}", 15)
 DEAD = (f"0.{LayerKind.MLP}", 5)
 
-BLOCK = (LayerKind.RESID_PRE, LayerKind.ATTN_Q, LayerKind.ATTN_K, LayerKind.ATTN_V, LayerKind.RESID_MID, LayerKind.MLP)
+BLOCK = (LayerKind.RESID_PRE, LayerKind.ATTN_IN, LayerKind.ATTN_Q, LayerKind.ATTN_K, LayerKind.ATTN_V,
+         LayerKind.ATTN_OUT, LayerKind.RESID_MID, LayerKind.MLP_IN, LayerKind.MLP, LayerKind.MLP_OUT)
 # The neuron's top context: code with a newline (and indentation), quotes, an HTML-special "<", non-ASCII text, and a
 # negative activation at "else"; the neuron peaks on " <".
 KNOWN_TOKENS = ["def", " clamp", "(", "x", "):", "\n", "    ", "if", " x", " <", " 0", ":", " return", ' "', "né",
@@ -70,6 +82,87 @@ LOGIT_EFFECTS = {
     "suppressed": [{"token": " ", "id": 4, "value": -0.61}, {"token": "\t", "id": 5, "value": -0.3}],
 }
 
+
+DENSE_SLUG = "fixture-lm-dense"
+DENSE_CARD = {**CARD, CardKey.SPARSITY: {"weights": "dense", "target": None, "nonzero_fraction": 1.0},
+              CardKey.HELDOUT: {**CARD[CardKey.HELDOUT], "loss": 2.3512},
+              CardKey.WEIGHTS: {"file": "fixture-lm-dense.pt", "sha256": "fe" * 32}}
+
+# The circuits. Node layers by kind, in block 0 and 1
+ATTN_IN, Q, K, V, ATTN_OUT = (f"{{}}.{kind}" for kind in CIRCUIT_NODE_KINDS[:5])
+MLP_IN, MLP_OUT = f"{{}}.{LayerKind.MLP_IN}", f"{{}}.{LayerKind.MLP_OUT}"
+TASK, FAITHLESS_TASK = "single_double_quote", "bracket_counting"
+TARGET = 0.15
+CANDIDATES = ('"', "'")
+# fixture-lm's quote circuit: unit -> tau. Residual links it implies: 0.attn.out 5 -> 0.mlp.act_in 5 and
+# 1.mlp.act_in 5; 0.mlp.out 6 -> 1.attn.act_in 6; and the embedding's channels 1, 4, 5, 6 to every read of them.
+QUOTE_NODES = {
+    (ATTN_IN.format(0), 1): 0.9, (ATTN_IN.format(0), 4): 0.7, (Q.format(0), 2): 0.2, (K.format(0), 2): 0.8,
+    (V.format(0), 2): 0.85, (ATTN_OUT.format(0), 5): 0.6, (MLP_IN.format(0), 1): 0.3, (MLP_IN.format(0), 5): 0.75,
+    NEURON: 0.95, (MLP_OUT.format(0), 6): 0.5, (ATTN_IN.format(1), 6): 0.4, QUERY: 0.35,
+    (MLP_IN.format(1), 5): 0.45, (f"1.{LayerKind.MLP}", 7): 0.65, (MLP_OUT.format(1), 0): 0.55,
+}
+QUOTE_EDGES = [
+    ((ATTN_IN.format(0), 1), (K.format(0), 2), 0.8), ((ATTN_IN.format(0), 1), (Q.format(0), 2), 0.3),
+    ((ATTN_IN.format(0), 4), (V.format(0), 2), -0.6), ((V.format(0), 2), (ATTN_OUT.format(0), 5), 1.1),
+    ((MLP_IN.format(0), 5), NEURON, 0.9), ((MLP_IN.format(0), 1), NEURON, -0.5), (NEURON, (MLP_OUT.format(0), 6), 0.7),
+    ((ATTN_IN.format(1), 6), QUERY, 0.45), ((MLP_IN.format(1), 5), (f"1.{LayerKind.MLP}", 7), 1.3),
+    ((f"1.{LayerKind.MLP}", 7), (MLP_OUT.format(1), 0), -0.8),
+]
+QUOTE_RESIDUAL = {  # (src layer, dst layer, channel), the embedding's as 0.resid_pre
+    (ATTN_OUT.format(0), MLP_IN.format(0), 5), (ATTN_OUT.format(0), MLP_IN.format(1), 5),
+    (MLP_OUT.format(0), ATTN_IN.format(1), 6), (f"0.{LayerKind.RESID_PRE}", ATTN_IN.format(0), 1),
+    (f"0.{LayerKind.RESID_PRE}", ATTN_IN.format(0), 4), (f"0.{LayerKind.RESID_PRE}", MLP_IN.format(0), 1),
+    (f"0.{LayerKind.RESID_PRE}", MLP_IN.format(0), 5), (f"0.{LayerKind.RESID_PRE}", ATTN_IN.format(1), 6),
+    (f"0.{LayerKind.RESID_PRE}", MLP_IN.format(1), 5),
+}
+QUOTE_LOGITS = [{"layer": layer, "index": index, "token": token, "weight": weight}
+                for (layer, index), weights in (((ATTN_OUT.format(0), 5), (1.4, -1.2)),
+                                                ((MLP_OUT.format(0), 6), (-0.3, 0.5)),
+                                                ((MLP_OUT.format(1), 0), (2.1, -1.9)))
+                for token, weight in zip(CANDIDATES, weights)]
+QUOTE_CURVE = [[1, 0.69], [2, 0.52], [4, 0.4], [8, 0.24], [12, 0.17], [14, 0.16], [15, 0.14], [16, 0.13], [32, 0.09],
+               [64, 0.06]]
+# Held-out pairs: prompts with quotes, "<" and a newline; the circuit gets the second one wrong
+QUOTE_EXAMPLES = [
+    {"tokens": ["x", " =", ' "', "a", "<", "b"], "correct": '"', "wrong": "'",
+     "full": {"choice": '"', "p_correct": 0.93}, "circuit": {"choice": '"', "p_correct": 0.81}},
+    {"tokens": ["print", "(", "'", "hi", "\n"], "correct": "'", "wrong": '"',
+     "full": {"choice": "'", "p_correct": 0.77}, "circuit": {"choice": '"', "p_correct": 0.42}},
+]
+QUOTE_FAITHFULNESS = {"pairs": 400, "full": {"loss": 0.12, "accuracy": 0.95},
+                      "circuit_mean": {"loss": 0.14, "accuracy": 0.91, "agreement": 0.93},
+                      "circuit_zero": {"loss": 0.55, "accuracy": 0.7, "agreement": 0.71},
+                      "ablated_mean": {"loss": 0.74, "accuracy": 0.49, "agreement": 0.5}}
+QUOTE_CONFIG = {"steps": 400, "lr": 0.01, "k_coef": 0.0001, "init": 1.0, "seed": 0, "batch": 32, "prune_pairs": 256,
+                "eval_pairs": 400, "ablation": "mean", "mean_tokens": 65536, "nodes_total": 288, "seconds": 84.5}
+FAITHLESS_NODES = {(MLP_IN.format(0), 5): 0.5, NEURON: 0.3, (MLP_OUT.format(0), 6): 0.2}
+FAITHLESS_EDGES = [((MLP_IN.format(0), 5), NEURON, 0.9), (NEURON, (MLP_OUT.format(0), 6), 0.6)]
+FAITHLESS_HELDOUT = 0.41
+DENSE_LOSS, DENSE_HELDOUT = 0.22, 0.35
+
+
+def dense_nodes() -> list[tuple[str, int]]:
+    """Every node of fixture-lm-dense's blocks: its quote circuit keeps them all."""
+    return [(f"{block}.{kind}", i) for block in range(N_BLOCKS) for kind in CIRCUIT_NODE_KINDS
+            for i in range(D_MLP if kind == LayerKind.MLP else D_MODEL)]
+
+
+def dense_edges() -> list[tuple[tuple[str, int], tuple[str, int], float]]:
+    """Every weight between them: reads to q, k and v, v to attention's writes, reads to neurons, neurons to writes."""
+    rng = random.Random(1)
+    pairs = [((ATTN_IN.format(b), i), (qkv.format(b), j)) for b in range(N_BLOCKS) for i in range(D_MODEL)
+             for qkv in (Q, K, V) for j in range(D_MODEL)]
+    pairs += [((V.format(b), i), (ATTN_OUT.format(b), j)) for b in range(N_BLOCKS) for i in range(D_MODEL)
+              for j in range(D_MODEL)]
+    pairs += [((MLP_IN.format(b), i), (f"{b}.{LayerKind.MLP}", j)) for b in range(N_BLOCKS) for i in range(D_MODEL)
+              for j in range(D_MLP)]
+    pairs += [((f"{b}.{LayerKind.MLP}", i), (MLP_OUT.format(b), j)) for b in range(N_BLOCKS) for i in range(D_MLP)
+              for j in range(D_MODEL)]
+    return [(src, dst, round(rng.choice((-1, 1)) * rng.uniform(0.01, 1), 4)) for src, dst in pairs]
+
+
+DENSE_EDGES = dense_edges()
 
 def layer_names() -> list[tuple[str, str, int]]:
     """(name, kind, n_units) of every layer, in forward order."""
@@ -124,25 +217,46 @@ def layer_stats(index: int) -> dict:
                  effects=True)
 
 
+def add_model(session: Session, slug: str, title: str, description: str, card: dict) -> tuple[Model, dict]:
+    """A language model with every layer and a row for every unit, unmeasured; its units by (layer, index)."""
+    model = Model(slug=slug, title=title, kind="language", description=description, source="tests/lm_fixture.py",
+                  card=card)
+    session.add(model)
+    session.flush()
+    units: dict[tuple[str, int], Unit] = {}
+    for position, (name, kind, n) in enumerate(layer_names()):
+        layer = Layer(model_id=model.id, name=name, position=position, kind=kind, n_units=n, shape=[n],
+                      description=f"{kind} of block {name.partition('.')[0]}")
+        session.add(layer)
+        session.flush()
+        for index in range(n):
+            units[name, index] = Unit(layer_id=layer.id, index=index, stats={})
+    session.add_all(units.values())
+    session.flush()
+    return model, units
+
+
+def add_circuit(session: Session, model: Model, units: dict, task: str, nodes: dict, edges: list, loss: float,
+                met: bool, heldout: float, **params) -> None:
+    """A circuit as the job saves it: its row, its kept nodes with their tau, and its edges."""
+    faithfulness = {**QUOTE_FAITHFULNESS, "circuit_mean": {**QUOTE_FAITHFULNESS["circuit_mean"], "loss": heldout}}
+    circuit = Circuit(model_id=model.id, slug=task, task=task, target_loss=TARGET, loss=loss, n_nodes=len(nodes),
+                      n_edges=len(edges), params={CircuitKey.TARGET: {"target": TARGET, "met": met},
+                                                  CircuitKey.CONFIG: QUOTE_CONFIG,
+                                                  CircuitKey.FAITHFULNESS: faithfulness, **params})
+    session.add(circuit)
+    session.flush()
+    session.add_all(CircuitNode(circuit_id=circuit.id, unit_id=units[node].id, score=tau)
+                    for node, tau in nodes.items())
+    session.add_all(Edge(src_unit_id=units[src].id, dst_unit_id=units[dst].id, kind=EdgeKind.CIRCUIT,
+                         circuit_id=circuit.id, weight=weight) for src, dst, weight in edges)
+
+
 def build(root: Path) -> Path:
     """Write the fixture atlas into ``root`` (a new directory) and return it."""
     rng = random.Random(0)
     with Atlas.open_for_writing(root) as atlas, atlas.batch() as session:
-        model = Model(slug=SLUG, title="Fixture LM", kind="language", description="A hand-built weight-sparse LM.",
-                      source="tests/lm_fixture.py", card=CARD)
-        session.add(model)
-        session.flush()
-        units: dict[tuple[str, int], Unit] = {}
-        for position, (name, kind, n) in enumerate(layer_names()):
-            layer = Layer(model_id=model.id, name=name, position=position, kind=kind, n_units=n, shape=[n],
-                          description=f"{kind} of block {name.partition('.')[0]}")
-            session.add(layer)
-            session.flush()
-            for index in range(n):
-                units[name, index] = Unit(layer_id=layer.id, index=index, stats={})
-        session.add_all(units.values())
-        session.flush()
-
+        model, units = add_model(session, SLUG, "Fixture LM", "A hand-built weight-sparse LM.", CARD)
         for index in range(D_MLP):
             if (f"0.{LayerKind.MLP}", index) != UNMEASURED:
                 units[f"0.{LayerKind.MLP}", index].stats = layer_stats(index)
@@ -162,6 +276,20 @@ def build(root: Path) -> Path:
         readers = [(f"1.{kind}", i) for kind in (LayerKind.ATTN_Q, LayerKind.ATTN_K, LayerKind.ATTN_V)
                    for i in range(D_MODEL)] + [(f"1.{LayerKind.MLP}", i) for i in range(6)]
         session.add_all(edge(CHANNEL, reader, round(rng.uniform(-1, 1), 3) or 0.5) for reader in readers)
+
+        quote = {CircuitKey.CURVE: QUOTE_CURVE, CircuitKey.EXAMPLES: QUOTE_EXAMPLES, CircuitKey.LOGITS: QUOTE_LOGITS,
+                 CircuitKey.TRACE: [{"step": step, "task_loss": round(0.7 - step / 1000, 3), "kept": 288 - step // 2}
+                                    for step in range(0, 400, 10)]}
+        add_circuit(session, model, units, TASK, QUOTE_NODES, QUOTE_EDGES, 0.14, True, 0.14, **quote)
+        add_circuit(session, model, units, FAITHLESS_TASK, FAITHLESS_NODES, FAITHLESS_EDGES, 0.13, True,
+                    FAITHLESS_HELDOUT, **{CircuitKey.CURVE: [[1, 0.6], [3, 0.13]]})
+
+        dense, dense_units = add_model(session, DENSE_SLUG, "Fixture LM (dense)", "Its dense twin.", DENSE_CARD)
+        dense_curve = [[k, max(DENSE_LOSS, round(0.7 - k / 250, 3))] for k in (1, 2, 4, 8, 16, 32, 64, 128, 144)]
+        add_circuit(session, dense, dense_units, TASK, {node: round(rng.uniform(0.01, 1), 3) for node in dense_nodes()},
+                    DENSE_EDGES, DENSE_LOSS, False, DENSE_HELDOUT, **{CircuitKey.CURVE: dense_curve,
+                                                                      CircuitKey.EXAMPLES: QUOTE_EXAMPLES,
+                                                                      CircuitKey.LOGITS: QUOTE_LOGITS})
     return root
 
 

@@ -13,9 +13,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from server.errors import NotFound
-from server.urls import DEFAULT_KIND, asset_url, layer_url, links, model_url, unit_url
-from store.keys import ModelKind, Stat
-from store.schema import Asset, Layer, Model, Run, Unit, UnitImage
+from server.urls import DEFAULT_KIND, asset_url, circuit_url, layer_url, links, model_url, unit_url
+from store.keys import CircuitKey, ModelKind, Stat
+from store.schema import Asset, Circuit, Layer, Model, Run, Unit, UnitImage
 
 THUMB_KIND = DEFAULT_KIND  # the image kind shown in layer grids by default and counted as "rendered"
 ECHO_CHARS = 80  # how much of a client's input an error message repeats: a whole asset name, not a 100 KB path
@@ -38,6 +38,15 @@ def find_layer(session: Session, model: Model, name: str) -> Layer:
     if layer is None:
         raise NotFound(f"layer {echo(name)} not found in model {model.slug!r}")
     return layer
+
+
+def find_circuit(session: Session, model: Model, slug: str) -> Circuit:
+    circuit = session.scalar(select(Circuit).where(Circuit.model_id == model.id, Circuit.slug == slug))
+    if circuit is None:
+        have = session.scalars(select(Circuit.slug).where(Circuit.model_id == model.id).order_by(Circuit.slug)).all()
+        raise NotFound(f"circuit {echo(slug)} not found in model {model.slug!r}; "
+                       + (f"it has circuits for: {', '.join(have)}" if have else "it has no circuits"))
+    return circuit
 
 
 UNIT_NUMBER = re.compile(r"0|-?[1-9][0-9]*")  # one way to write each number: no sign on 0, no leading zeros
@@ -84,6 +93,25 @@ def layer_ref(model: Model, layer: Layer) -> dict[str, Any]:
 
 def unit_ref(model_slug: str, layer_name: str, index: int) -> dict[str, Any]:
     return {"model": model_slug, "layer": layer_name, "index": index, **links(unit_url(model_slug, layer_name, index))}
+
+
+def circuit_summary(model: Model, circuit: Circuit) -> dict[str, Any]:
+    """A circuit as lists show it. ``met`` falls back to comparing the loss with the target for a row whose params
+    lack the flag."""
+    params = circuit.params or {}
+    met = (params.get(CircuitKey.TARGET) or {}).get("met")
+    held_out = ((params.get(CircuitKey.FAITHFULNESS) or {}).get("circuit_mean") or {}).get("loss")
+    return {
+        "slug": circuit.slug,
+        "task": circuit.task,
+        "target_loss": circuit.target_loss,
+        "loss": circuit.loss,
+        "met": circuit.loss <= circuit.target_loss if met is None else bool(met),
+        "heldout_loss": held_out,
+        "n_nodes": circuit.n_nodes,
+        "n_edges": circuit.n_edges,
+        **links(circuit_url(model.slug, circuit.slug)),
+    }
 
 
 def asset_dict(asset: Asset | None) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""``/models/{model}``: the model card, its layers in forward order, and every precompute run (provenance)."""
+"""``/models/{model}``: the model card, its layers in forward order, its task circuits, and every precompute run
+(provenance)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.pages.common import find_model, layer_ref, model_ref, rendered_counts, run_progress
+from server.pages.common import circuit_summary, find_model, layer_ref, model_ref, rendered_counts, run_progress
 from server.urls import links, model_url
-from store.schema import Layer, Run
+from store.schema import Circuit, Layer, Run
 
 
 def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, Any]:
@@ -17,6 +18,7 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
     rendered = rendered_counts(session, Layer.id, Layer.model_id == model.id)
     runs = session.scalars(select(Run).where(Run.model_id == model.id).order_by(Run.started_at)).all()
     newest = session.scalar(select(func.max(Run.id)))
+    circuits = session.scalars(select(Circuit).where(Circuit.model_id == model.id).order_by(Circuit.slug))
     return {
         **links(model_url(model.slug)),
         "model": {**model_ref(model), "description": model.description, "source": model.source, "card": model.card},
@@ -31,4 +33,5 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
             }
             for run in runs
         ],
+        "circuits": [circuit_summary(model, circuit) for circuit in circuits],
     }

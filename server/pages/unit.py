@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, aliased
 
 from server.pages import sections
 from server.pages.common import (
-    asset_dict, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number, unit_ref,
+    asset_dict, circuit_summary, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number,
+    unit_ref,
 )
 from server.urls import layer_page_url, links, unit_url
 from store.keys import ModelKind
@@ -34,19 +35,21 @@ LOCATE = (select(Model, Layer, Unit).join(Layer, Layer.model_id == Model.id)
 IMAGES = select(UnitImage).where(UnitImage.unit_id == bindparam("unit")).order_by(UnitImage.kind)
 EXAMPLES = (select(Example, Asset).outerjoin(Asset, Asset.sha256 == Example.asset_sha256)
             .where(Example.unit_id == bindparam("unit")).order_by(Example.kind, Example.rank))
-CIRCUITS = (select(Circuit, CircuitNode.score, Asset).join(CircuitNode, CircuitNode.circuit_id == Circuit.id)
-            .outerjoin(Asset, Asset.sha256 == Circuit.graph_sha256)
+CIRCUITS = (select(Circuit, Model, CircuitNode.score).join(CircuitNode, CircuitNode.circuit_id == Circuit.id)
+            .join(Model, Model.id == Circuit.model_id)
             .where(CircuitNode.unit_id == bindparam("unit")).order_by(Circuit.slug))
 
 
 def _edge_statements(here: Any, there: Any) -> tuple[Any, Any]:
-    """The strongest edges at ``here == :unit`` with the unit at ``there``, and how many there are."""
+    """The strongest of the model's edges at ``here == :unit`` with the unit at ``there``, and how many there are.
+    Circuits' edges repeat some of the model's weights, once per circuit; their pages list them."""
     other = aliased(Unit)
+    own = (here == bindparam("unit")) & Edge.circuit_id.is_(None)
     strongest = (select(Edge, other.index, Layer.name, Model.slug, Asset)
                  .join(other, other.id == there).join(Layer, Layer.id == other.layer_id)
                  .join(Model, Model.id == Layer.model_id).outerjoin(Asset, Asset.sha256 == Edge.asset_sha256)
-                 .where(here == bindparam("unit")).order_by(func.abs(Edge.weight).desc()).limit(bindparam("limit")))
-    return strongest, select(func.count()).select_from(Edge).where(here == bindparam("unit"))
+                 .where(own).order_by(func.abs(Edge.weight).desc()).limit(bindparam("limit")))
+    return strongest, select(func.count()).select_from(Edge).where(own)
 
 
 EDGES = {"in": _edge_statements(Edge.dst_unit_id, Edge.src_unit_id),  # units this one reads
@@ -114,17 +117,6 @@ def edges(session: Session, unit: Unit, direction: str, limit: int) -> dict[str,
 
 
 def circuits(session: Session, unit: Unit) -> list[dict[str, Any]]:
-    return [
-        {
-            "slug": circuit.slug,
-            "task": circuit.task,
-            "target_loss": circuit.target_loss,
-            "loss": circuit.loss,
-            "n_nodes": circuit.n_nodes,
-            "n_edges": circuit.n_edges,
-            "params": circuit.params,
-            "score": score,
-            "graph": asset_dict(asset),
-        }
-        for circuit, score, asset in session.execute(CIRCUITS, {"unit": unit.id})
-    ]
+    """The task circuits that keep the unit, with its mask logit in each."""
+    return [{**circuit_summary(model, circuit), "tau": tau}
+            for circuit, model, tau in session.execute(CIRCUITS, {"unit": unit.id})]
