@@ -109,6 +109,10 @@ class Nodes:
         flat[order[:k]] = 1.0
         return self.split(flat)
 
+    def kept(self, order: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """The channels of each point among the first k nodes of ``order``: {point: [kept] ascending indices}."""
+        return {name: torch.nonzero(gate).flatten() for name, gate in self.top(order, k).items()}
+
 
 @dataclass(frozen=True)
 class PruneConfig:

@@ -463,15 +463,34 @@ class TaskCircuit(CircuitSummary):
     weights: str | None = Field(description="`sparse` or `dense`, from the model card.")
     pretraining_loss: float | None = Field(description="The model's held-out loss on pretraining text, "
                                                        "nats/token, from its card.")
+    sizes: list[CircuitSize] = Field(description="The circuit's size at other task losses, from the same node order.")
+
+
+class CircuitSize(Twin):
+    target: float = Field(description="A task loss.")
+    k: int = Field(description="Nodes: the smallest k evaluated whose loss on the pruning pairs is at most `target`.")
+    edges: int = Field(description="Nonzero weights between those nodes.")
+
+
+class PairSize(Twin):
+    nodes: int
+    edges: int
 
 
 class CircuitPair(Twin):
-    """A dense model's circuit against a weight-sparse model's, for the same task."""
+    """A dense model's circuit against a weight-sparse model's, for the same task, at one task loss."""
 
     dense: ModelRef
     sparse: ModelRef
-    edge_ratio: float | None = Field(description="Dense edges ÷ sparse edges; null when the sparse circuit has none.")
-    node_ratio: float | None = Field(description="Dense nodes ÷ sparse nodes; null when the sparse circuit has none.")
+    loss: float | None = Field(description="The task loss both compared circuits meet on their pruning pairs: the "
+                                           "target when both met it, else the tightest recorded loss both reach; "
+                                           "null when there is none.")
+    at_target: bool = Field(description="Whether `loss` is the circuits' target (both met it).")
+    dense_size: PairSize | None = Field(description="The dense circuit's size at `loss`.")
+    sparse_size: PairSize | None = Field(description="The sparse circuit's size at `loss`.")
+    edge_ratio: float | None = Field(description="Dense edges ÷ sparse edges at `loss`; null without a common loss "
+                                                 "or when the sparse circuit has no edges.")
+    node_ratio: float | None = Field(description="Dense nodes ÷ sparse nodes at `loss`.")
 
 
 class TaskPage(Linked):

@@ -106,6 +106,10 @@ CIRCUIT_NODE_KINDS = (LayerKind.ATTN_IN, LayerKind.ATTN_Q, LayerKind.ATTN_K, Lay
                       LayerKind.MLP_IN, LayerKind.MLP, LayerKind.MLP_OUT)
 
 
+# The task losses at which every circuit's size is also recorded (CircuitKey.SIZES)
+SIZE_TARGETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
 class CircuitKey(StrEnum):
     """Keys of ``circuits.params``. Losses are the paper's task loss (nats); "pairs" are contrastive prompts."""
 
@@ -123,6 +127,10 @@ class CircuitKey(StrEnum):
     # A few held-out pairs: [{"tokens": [str] (the prompt as the model reads it), "correct": str, "wrong": str,
     #  "full": {"choice": str, "p_correct": float}, "circuit": {"choice": str, "p_correct": float}}]
     EXAMPLES = "examples"
+    # The circuit's size at other task losses, from the same node order, so models that miss the target can still be
+    # compared at a loss both reach: [{"target", "k", "edges"}] for each of SIZE_TARGETS some evaluated k meets (k: the
+    # smallest such), tightest first
+    SIZES = "sizes"
     # The two candidate logits' reads of the circuit's residual writes: [{"layer", "index", "token", "weight"}], the
     # unembedding row of the candidate through the final norm's gain, for each kept write channel
     LOGITS = "logits"

@@ -140,6 +140,11 @@ FAITHLESS_NODES = {(MLP_IN.format(0), 5): 0.5, NEURON: 0.3, (MLP_OUT.format(0), 
 FAITHLESS_EDGES = [((MLP_IN.format(0), 5), NEURON, 0.9), (NEURON, (MLP_OUT.format(0), 6), 0.6)]
 FAITHLESS_HELDOUT = 0.41
 DENSE_LOSS, DENSE_HELDOUT = 0.22, 0.35
+# Sizes at other losses, as the job records them from each curve (the smallest k at each loss, its edges): the dense
+# circuit misses the target, so the two are compared at 0.3, the tightest loss both reach
+QUOTE_SIZES = [{"target": 0.15, "k": 15, "edges": 10}, {"target": 0.2, "k": 12, "edges": 8},
+               {"target": 0.3, "k": 8, "edges": 5}, {"target": 0.4, "k": 4, "edges": 2}]
+DENSE_SIZES = [{"target": 0.3, "k": 128, "edges": 900}, {"target": 0.5, "k": 64, "edges": 410}]
 
 
 def dense_nodes() -> list[tuple[str, int]]:
@@ -278,6 +283,7 @@ def build(root: Path) -> Path:
         session.add_all(edge(CHANNEL, reader, round(rng.uniform(-1, 1), 3) or 0.5) for reader in readers)
 
         quote = {CircuitKey.CURVE: QUOTE_CURVE, CircuitKey.EXAMPLES: QUOTE_EXAMPLES, CircuitKey.LOGITS: QUOTE_LOGITS,
+                 CircuitKey.SIZES: QUOTE_SIZES,
                  CircuitKey.TRACE: [{"step": step, "task_loss": round(0.7 - step / 1000, 3), "kept": 288 - step // 2}
                                     for step in range(0, 400, 10)]}
         add_circuit(session, model, units, TASK, QUOTE_NODES, QUOTE_EDGES, 0.14, True, 0.14, **quote)
@@ -289,7 +295,8 @@ def build(root: Path) -> Path:
         add_circuit(session, dense, dense_units, TASK, {node: round(rng.uniform(0.01, 1), 3) for node in dense_nodes()},
                     DENSE_EDGES, DENSE_LOSS, False, DENSE_HELDOUT, **{CircuitKey.CURVE: dense_curve,
                                                                       CircuitKey.EXAMPLES: QUOTE_EXAMPLES,
-                                                                      CircuitKey.LOGITS: QUOTE_LOGITS})
+                                                                      CircuitKey.LOGITS: QUOTE_LOGITS,
+                                                                      CircuitKey.SIZES: DENSE_SIZES})
     return root
 
 

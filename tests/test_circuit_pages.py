@@ -22,7 +22,8 @@ from store.schema import Circuit, Layer, Model, Unit
 from tests.lm_fixture import (  # noqa: F401 (lm_atlas, lm_server: fixtures)
     CANDIDATES, CARD, DENSE_CARD, DENSE_EDGES, DENSE_HELDOUT, DENSE_LOSS, DENSE_SLUG, FAITHLESS_HELDOUT,
     FAITHLESS_NODES, FAITHLESS_TASK, KNOWN_PEAK, KNOWN_TOKENS, NEURON, QUERY, QUOTE_CONFIG, QUOTE_CURVE, QUOTE_EDGES,
-    QUOTE_EXAMPLES, QUOTE_FAITHFULNESS, QUOTE_LOGITS, QUOTE_NODES, QUOTE_RESIDUAL, SLUG, TARGET, TASK, TOP_MAX,
+    QUOTE_EXAMPLES, QUOTE_FAITHFULNESS, QUOTE_LOGITS, QUOTE_NODES, QUOTE_RESIDUAL, QUOTE_SIZES, DENSE_SIZES, SLUG,
+    TARGET, TASK, TOP_MAX,
     dense_nodes, lm_atlas, lm_server,
 )
 from tests.test_server import assert_twin
@@ -201,10 +202,14 @@ def test_comparison_page_pairs_dense_with_sparse(client: httpx.Client):
     assert rows[SLUG]["url"] == QUOTE and rows[DENSE_SLUG]["heldout_loss"] == DENSE_HELDOUT
     [pair] = body["pairs"]
     assert (pair["dense"]["slug"], pair["sparse"]["slug"]) == (DENSE_SLUG, SLUG)
-    assert pair["edge_ratio"] == pytest.approx(len(DENSE_EDGES) / len(QUOTE_EDGES))
-    assert pair["node_ratio"] == pytest.approx(len(dense_nodes()) / len(QUOTE_NODES))
+    # the dense circuit missed the target: both are compared at the tightest loss both reach, not at their k
+    assert (pair["loss"], pair["at_target"]) == (0.3, False)
+    assert pair["dense_size"] == {"nodes": 128, "edges": 900} and pair["sparse_size"] == {"nodes": 8, "edges": 5}
+    assert pair["edge_ratio"] == pytest.approx(900 / 5) and pair["node_ratio"] == pytest.approx(128 / 8)
+    assert rows[SLUG]["sizes"] == QUOTE_SIZES and rows[DENSE_SLUG]["sizes"] == DENSE_SIZES
     text = text_of(client.get(f"/circuits/{TASK}").text)
-    assert "102.4×" in text and "9.6×" in text and "2.351 / 2.346" in text and "not met" in text
+    assert "180.0×" in text and "16.0×" in text and "2.351 / 2.346" in text and "not met" in text
+    assert "≤ 0.3 not the target" in text and "900 / 5" in text
 
     faithless = client.get(f"/circuits/{FAITHLESS_TASK}.json").json()
     assert [c["model"]["slug"] for c in faithless["circuits"]] == [SLUG] and faithless["pairs"] == []

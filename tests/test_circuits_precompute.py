@@ -19,7 +19,7 @@ from precompute.lm.tasks import TASKS, split
 from precompute.lm.tokenizer import load_tokenizer
 from precompute.organisms import tinylm
 from render.pruning import gated, mean_activations
-from store.keys import CircuitKey, EdgeKind
+from store.keys import SIZE_TARGETS, CircuitKey, EdgeKind
 from tests.conftest import atlascope, serving
 
 TASK = "single_double_quote"
@@ -104,6 +104,10 @@ def test_the_circuit_meets_the_target_and_its_stored_loss_is_the_loss_of_its_nod
     assert recomputed == pytest.approx(loss, abs=1e-4)
     curve = dict(params[CircuitKey.CURVE])
     assert curve[n_nodes] == pytest.approx(loss) and all(curve[k] > target for k in curve if k < n_nodes)
+    sizes = {size["target"]: size for size in params[CircuitKey.SIZES]}
+    assert set(sizes) == {t for t in SIZE_TARGETS if min(curve.values()) <= t}
+    assert all(size["k"] == min(k for k in curve if curve[k] <= t) for t, size in sizes.items())
+    assert sizes[target]["k"] == n_nodes and sizes[target]["edges"] == circuit(atlas)[4]
 
 
 def test_the_stored_edges_are_the_nonzero_weights_between_kept_nodes(atlas: Path, model):

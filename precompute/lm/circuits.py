@@ -30,7 +30,7 @@ from precompute.lm.tasks import Task, split
 from precompute.lm.tokenizer import token_texts
 from render.circuit_graph import Edge, circuit_edges, logit_reads
 from render.pruning import Nodes, PruneConfig, Pruned, gated, mean_activations, prune
-from store.keys import CIRCUIT_NODE_KINDS
+from store.keys import CIRCUIT_NODE_KINDS, SIZE_TARGETS
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class FoundCircuit:
     nodes: list[tuple[str, int, float]]  # (layer, channel, tau) of every kept node, in node order
     edges: list[Edge]
     logits: list[dict]
+    sizes: list[dict]  # store.keys.CircuitKey.SIZES
     faithfulness: dict
     examples: list[dict]
     config: dict  # CircuitConfig.record() plus what the run measured: mean_tokens, nodes_total, seconds
@@ -116,7 +117,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
 
     pruned = prune(nodes, points, means, step_loss, search_loss, config.prune)
     gates = nodes.top(pruned.order, pruned.k)
-    kept = {name: torch.nonzero(gate).flatten() for name, gate in gates.items()}
+    kept = nodes.kept(pruned.order, pruned.k)
 
     eval_pairs = split(task, "eval", config.eval_pairs, config.prune.seed)
     eval_batch = evaluate.encode_pairs(tokenizer, task, eval_pairs)
@@ -130,11 +131,23 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
                for name, offset in zip(kept, _offsets(nodes), strict=True) for i in kept[name]],
         edges=circuit_edges(model, kept),
         logits=logit_reads(model, kept, ids),
+        sizes=_sizes(model, nodes, pruned),
         faithfulness=faithfulness,
         examples=_examples(tokenizer, eval_pairs, eval_batch, full_two, circuit_two, config.examples),
         config={**config.record(), "mean_tokens": int(windows.numel()), "nodes_total": nodes.total,
                 "seconds": round(time.perf_counter() - started, 1)},
     )
+
+
+def _sizes(model: nn.Module, nodes: Nodes, pruned: Pruned) -> list[dict]:
+    """Nodes and edges of the smallest evaluated k at each of ``SIZE_TARGETS`` it reaches."""
+    sizes = []
+    for target in SIZE_TARGETS:
+        meeting = [k for k, loss in pruned.curve.items() if loss <= target]
+        if meeting:
+            kept = nodes.kept(pruned.order, min(meeting))
+            sizes.append({"target": target, "k": min(meeting), "edges": len(circuit_edges(model, kept))})
+    return sizes
 
 
 def _offsets(nodes: Nodes) -> list[int]:

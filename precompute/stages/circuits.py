@@ -66,7 +66,8 @@ class CircuitsStage:
                               CircuitKey.TRACE: pruned.trace,
                               CircuitKey.FAITHFULNESS: found.faithfulness,
                               CircuitKey.EXAMPLES: found.examples,
-                              CircuitKey.LOGITS: found.logits})
+                              CircuitKey.LOGITS: found.logits,
+                              CircuitKey.SIZES: found.sizes})
         session.add(circuit)
         session.flush()
         ids = {layer: self.job.unit_ids(session, layer) for layer in {layer for layer, _, _ in found.nodes}}

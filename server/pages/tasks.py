@@ -1,9 +1,10 @@
 """``/circuits`` and ``/circuits/{task}``: the tasks that have circuits, and every language model's circuit for one
 task side by side.
 
-The paper's claim is about circuit size at matched pretraining loss, so each row carries the model's held-out loss
-from its card next to the circuit's size, and each (dense, sparse) pair of models says how many times more edges and
-nodes the dense model's circuit needs.
+The paper's claim is about circuit size at matched pretraining loss and the same task loss, so each row carries the
+model's held-out loss from its card next to the circuit's size, and each (dense, sparse) pair of models says how many
+times more edges and nodes the dense model's circuit needs at one task loss: the target when both circuits met it,
+else the tightest loss both reach.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from server.errors import NotFound
 from server.pages.common import circuit_summary, echo, model_ref
 from server.urls import links, task_url, tasks_url
-from store.keys import CardKey
+from store.keys import CardKey, CircuitKey
 from store.schema import Circuit, Model
 
 CIRCUITS = select(Circuit, Model).join(Model, Model.id == Circuit.model_id).order_by(Circuit.slug, Model.title)
@@ -53,12 +54,25 @@ def row(circuit: Circuit, model: Model) -> dict[str, Any]:
     card = model.card or {}
     return {**circuit_summary(model, circuit), "model": model_ref(model),
             "weights": (card.get(CardKey.SPARSITY) or {}).get("weights"),
-            "pretraining_loss": (card.get(CardKey.HELDOUT) or {}).get("loss")}
+            "pretraining_loss": (card.get(CardKey.HELDOUT) or {}).get("loss"),
+            "sizes": circuit.params.get(CircuitKey.SIZES) or []}
 
 
 def pair(dense: dict[str, Any], sparse: dict[str, Any]) -> dict[str, Any]:
-    def ratio(key: str) -> float | None:
-        return dense[key] / sparse[key] if sparse[key] else None
-
-    return {"dense": dense["model"], "sparse": sparse["model"], "edge_ratio": ratio("n_edges"),
-            "node_ratio": ratio("n_nodes")}
+    """The two circuits compared at one task loss: the target when both met it, else the tightest of the recorded
+    sizes (``CircuitKey.SIZES``) both reach; no ratios when there is none."""
+    if dense["met"] and sparse["met"] and dense["target_loss"] == sparse["target_loss"]:
+        loss, at_target = dense["target_loss"], True
+        d, s = (dense["n_nodes"], dense["n_edges"]), (sparse["n_nodes"], sparse["n_edges"])
+    else:
+        at_target = False
+        dense_at = {size["target"]: (size["k"], size["edges"]) for size in dense["sizes"]}
+        common = sorted(size["target"] for size in sparse["sizes"] if size["target"] in dense_at)
+        loss = common[0] if common else None
+        d = dense_at[loss] if common else None
+        s = next((size["k"], size["edges"]) for size in sparse["sizes"] if size["target"] == loss) if common else None
+    return {"dense": dense["model"], "sparse": sparse["model"], "loss": loss, "at_target": at_target,
+            "dense_size": {"nodes": d[0], "edges": d[1]} if d else None,
+            "sparse_size": {"nodes": s[0], "edges": s[1]} if s else None,
+            "edge_ratio": d[1] / s[1] if d and s and s[1] else None,
+            "node_ratio": d[0] / s[0] if d and s and s[0] else None}
