@@ -93,16 +93,6 @@ class Nodes:
         """[total] -> {point: [channels]}."""
         return dict(zip(self.sizes, flat.split(list(self.sizes.values())), strict=True))
 
-    def named(self, flat_indices: torch.Tensor) -> list[tuple[str, int]]:
-        """Flat node indices -> (point, channel)."""
-        starts = torch.tensor([0, *self.sizes.values()]).cumsum(0)
-        names = list(self.sizes)
-        out = []
-        for i in flat_indices.tolist():
-            p = int(torch.searchsorted(starts, i, right=True)) - 1
-            out.append((names[p], i - int(starts[p])))
-        return out
-
     def top(self, order: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """Gates keeping the first k nodes of ``order`` (flat indices, best first): {point: [channels] 0/1}."""
         flat = torch.zeros(self.total)

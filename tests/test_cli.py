@@ -17,11 +17,13 @@ def test_models_without_torch():
     assert list(models) == ["tinyvision", "tinylm-sparse", "tinylm-dense", "openai-csp"]
     assert models["tinyvision"]["units"] == 320
     # a language organism's layers come from its committed card, read without torch: per block the residual stream,
-    # q/k/v channels, the residual stream between attention and MLP and the MLP neurons, then the final residual
+    # attention's read, q/k/v and write channels, the residual stream between attention and MLP, the MLP's read
+    # channels, neurons and write channels; then the final residual
     lm = models["tinylm-sparse"]
-    assert [layer["name"] for layer in lm["layers"]][:6] == [
-        "0.resid_pre", "0.attn.q", "0.attn.k", "0.attn.v", "0.resid_mid", "0.mlp.post_act"]
-    assert lm["layers"][-1]["kind"] == "resid_post"
+    assert [layer["name"] for layer in lm["layers"]][:10] == [
+        "0.resid_pre", "0.attn.act_in", "0.attn.q", "0.attn.k", "0.attn.v", "0.attn.out", "0.resid_mid",
+        "0.mlp.act_in", "0.mlp.post_act", "0.mlp.out"]
+    assert lm["layers"][-1]["kind"] == "resid_post" and lm["units"] == 6912
     assert models["openai-csp"]["layers"] == []  # its layers come from the checkpoint given with --weights
 
 

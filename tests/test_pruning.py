@@ -109,10 +109,11 @@ def test_a_target_no_k_meets_is_reported_with_the_best_k():
     assert pruned.loss == min(pruned.curve.values()) and pruned.curve[pruned.k] == pruned.loss
 
 
-def test_nodes_name_flat_indices_point_by_point():
+def test_nodes_keep_the_first_k_of_an_order_point_by_point():
     nodes = Nodes({"a": 3, "b": 2, "c": 4})
     assert nodes.total == 9
-    assert nodes.named(torch.tensor([0, 2, 3, 4, 5, 8])) == [("a", 0), ("a", 2), ("b", 0), ("b", 1), ("c", 0),
-                                                             ("c", 3)]
     gates = nodes.top(torch.tensor([4, 0, 8, 1]), 3)
     assert gates["a"].tolist() == [1, 0, 0] and gates["b"].tolist() == [0, 1] and gates["c"].tolist() == [0, 0, 0, 1]
+    kept = nodes.kept(torch.tensor([4, 0, 8, 1]), 4)
+    assert {name: k.tolist() for name, k in kept.items()} == {"a": [0, 1], "b": [1], "c": [3]}
+    assert nodes.split(torch.arange(9.0))["b"].tolist() == [3.0, 4.0]

@@ -108,9 +108,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
 
     def step_loss(_step: int) -> torch.Tensor:
         rows = torch.randperm(len(prune_batch.last), generator=draw)[:config.batch]
-        part = PairBatch(prune_batch.tokens[rows, :int(prune_batch.last[rows].max()) + 1], prune_batch.last[rows],
-                         prune_batch.correct[rows], prune_batch.wrong[rows])
-        return evaluate.task_loss(evaluate.candidate_logits(model, part))
+        return evaluate.task_loss(evaluate.candidate_logits(model, prune_batch.take(rows)))
 
     def search_loss() -> float:
         return float(evaluate.task_loss(_losses(model, prune_parts, len(prune_batch.last))))
@@ -127,8 +125,8 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
         task=task.name,
         pruned=pruned,
         all_nodes=nodes,
-        nodes=[(name, int(i), float(pruned.tau[offset + int(i)]))
-               for name, offset in zip(kept, _offsets(nodes), strict=True) for i in kept[name]],
+        nodes=[(name, int(i), float(tau[i])) for (name, indices), tau in zip(kept.items(), nodes.split(pruned.tau).values(),
+                                                                              strict=True) for i in indices],
         edges=circuit_edges(model, kept),
         logits=logit_reads(model, kept, ids),
         sizes=_sizes(model, nodes, pruned),
@@ -148,10 +146,6 @@ def _sizes(model: nn.Module, nodes: Nodes, pruned: Pruned) -> list[dict]:
             kept = nodes.kept(pruned.order, min(meeting))
             sizes.append({"target": target, "k": min(meeting), "edges": len(circuit_edges(model, kept))})
     return sizes
-
-
-def _offsets(nodes: Nodes) -> list[int]:
-    return torch.tensor([0, *nodes.sizes.values()]).cumsum(0)[:-1].tolist()
 
 
 def _faithfulness(model: nn.Module, points: Mapping[str, nn.Module], means: Mapping[str, torch.Tensor],

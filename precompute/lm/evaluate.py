@@ -34,6 +34,11 @@ class PairBatch:
     correct: torch.Tensor
     wrong: torch.Tensor
 
+    def take(self, rows: torch.Tensor) -> PairBatch:
+        """Those rows, trimmed to the longest of their prompts."""
+        return PairBatch(self.tokens[rows, :int(self.last[rows].max()) + 1], self.last[rows], self.correct[rows],
+                         self.wrong[rows])
+
 
 def token_id(tokenizer: Tokenizer, task_name: str, text: str) -> int:
     """The id of a candidate text, which must be exactly one token: the task loss compares two single logits."""
@@ -60,11 +65,7 @@ def encode_pairs(tokenizer: Tokenizer, task: Task, pairs: list[Pair]) -> PairBat
 def by_length(batch: PairBatch, size: int) -> list[tuple[torch.Tensor, PairBatch]]:
     """The batch cut into parts of at most ``size`` rows of similar length, each trimmed to its longest prompt so
     little compute goes to padding: (row indices into ``batch``, part)."""
-    parts = []
-    for rows in torch.argsort(batch.last, stable=True).split(size):
-        parts.append((rows, PairBatch(batch.tokens[rows, :int(batch.last[rows].max()) + 1], batch.last[rows],
-                                      batch.correct[rows], batch.wrong[rows])))
-    return parts
+    return [(rows, batch.take(rows)) for rows in torch.argsort(batch.last, stable=True).split(size)]
 
 
 def candidate_logits(model: nn.Module, batch: PairBatch) -> torch.Tensor:
