@@ -67,17 +67,15 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 def tasks(
     jsonl: list[Path] = typer.Option([], "--jsonl", help="A file of {prompt, correct, wrong} lines: a task of yours, "
                                                           "checked and listed with the built-in ones (repeatable)."),
+    python: list[str] = typer.Option([], "--python", help="A task of yours in Python, package.module:NAME (a Task or "
+                                                           "a function returning one), checked and listed (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the binary next-token tasks language models are scored and pruned on, with an example prompt each."""
-    from precompute.lm.tasks import TASKS, Task
+    from precompute.lm.tasks import TASKS
 
     found = dict(TASKS)
-    for path in jsonl:
-        try:
-            task = Task.from_jsonl(path)
-        except (OSError, ValueError) as err:
-            raise fail(f"task file {path}: {err}") from None
+    for task in _user_tasks(jsonl, python):
         found[task.name] = task
     listed = [{"name": task.name, "candidates": list(task.candidates), "description": task.description,
                "example": {"prompt": pair.prompt, "correct": pair.correct, "wrong": pair.wrong}}
@@ -92,22 +90,37 @@ def tasks(
     Console().print(table)
 
 
-def _chosen_tasks(names: str | None, files: list[Path]) -> tuple | None:
-    """The tasks ``--tasks`` names (None: every registered one; 'none': no circuits) plus those of ``--task-file``."""
-    from precompute.lm.tasks import TASKS, Task
+def _user_tasks(files: list[Path], targets: list[str]) -> list:
+    """Tasks from JSONL files and from Python (``package.module:NAME``); a bad one fails with exit code 2."""
+    from precompute.lm.tasks import Task, load_task
 
-    if names is None and not files:
-        return None
-    chosen = [] if names in (None, "none") else names.split(",")
-    if unknown := [name for name in chosen if name not in TASKS]:
-        raise fail(f"unknown task(s) {unknown}; `atlascope tasks` lists them: {', '.join(TASKS)}")
-    found = [TASKS[name] for name in chosen]
+    found = []
     for path in files:
         try:
             found.append(Task.from_jsonl(path))
         except (OSError, ValueError) as err:
             raise fail(f"task file {path}: {err}") from None
-    return tuple(found)
+    for target in targets:
+        try:
+            found.append(load_task(target))
+        except ValueError as err:
+            raise fail(f"task {err}") from None
+    return found
+
+
+def _chosen_tasks(names: str | None, files: list[Path]) -> tuple | None:
+    """The tasks ``--tasks`` names (None: every registered one; 'none': no circuits; ``package.module:NAME``: one of
+    yours in Python) plus those of ``--task-file``."""
+    from precompute.lm.tasks import TASKS
+
+    if names is None and not files:
+        return None
+    chosen = [] if names in (None, "none") else names.split(",")
+    python = [name for name in chosen if ":" in name]
+    if unknown := [name for name in chosen if name not in TASKS and name not in python]:
+        raise fail(f"unknown task(s) {unknown}; `atlascope tasks` lists them: {', '.join(TASKS)}; a task of yours "
+                   f"in Python is named package.module:NAME")
+    return tuple([TASKS[name] for name in chosen if name in TASKS] + _user_tasks(files, python))
 
 
 @app.command()
@@ -164,7 +177,7 @@ def precompute(
     seed: int = typer.Option(0, help="Seeds feature visualisations, the draw of random contexts, and pruning."),
     tasks: Optional[str] = typer.Option(None, help="Language: comma-separated tasks to find circuits for (default: "
                                                    "every one `atlascope tasks` lists, or none with --layers; 'none' "
-                                                   "for no circuits)."),
+                                                   "for no circuits; package.module:NAME for one of yours)."),
     task_file: list[Path] = typer.Option([], "--task-file", help="Language: a JSONL task of yours (see `atlascope "
                                                                   "tasks --jsonl`), pruned too (repeatable)."),
     target_loss: Optional[float] = typer.Option(None, min=0.0, help="Language: the task loss a circuit must reach "

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = [sys.executable, str(Path(__file__).with_name("no_torch.py")), "-m", "precompute.cli"]
 
 
@@ -60,6 +63,27 @@ def test_tasks_lists_builtin_and_user_tasks_without_torch(tmp_path: Path):
     for task in listed.values():  # every example answers one of its task's two candidates
         example = task["example"]
         assert sorted([example["correct"], example["wrong"]]) == sorted(task["candidates"])
+
+
+@pytest.mark.parametrize("name", ["ONE_OR_MORE", "one_or_more"])
+def test_tasks_lists_a_python_task_of_yours(name: str):
+    done = subprocess.run([*NO_TORCH, "tasks", "--json", "--python", f"tests.user_task:{name}"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)  # found from the directory it runs in
+    assert done.returncode == 0, done.stderr
+    listed = {task["name"]: task for task in json.loads(done.stdout)}
+    assert list(listed)[-1] == "one_or_more" and listed["one_or_more"]["candidates"] == ["]", ","]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("tests.user_task", "name a task as package.module:NAME"),
+    ("tests.nowhere:TASK", "cannot import 'tests.nowhere'"),
+    ("tests.user_task:MISSING", "has no 'MISSING'"),
+    ("tests.user_task:NOT_A_TASK", "is a int, not a precompute.lm.tasks.Task"),
+])
+def test_tasks_refuses_a_bad_python_task(target: str, message: str):
+    done = subprocess.run([*NO_TORCH, "tasks", "--python", target], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_tasks_refuses_a_bad_task_file(tmp_path: Path):

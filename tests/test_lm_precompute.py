@@ -329,6 +329,8 @@ needs_organism = pytest.mark.skipif(not ORGANISM.layers, reason="the organism's 
     pytest.param(["tinylm-sparse", "--tasks", "quotes"], "unknown task(s) ['quotes']", marks=needs_organism),
     pytest.param(["tinylm-sparse", "--task-file", "/nonexistent.jsonl"], "task file /nonexistent.jsonl",
                  marks=needs_organism),
+    pytest.param(["tinylm-sparse", "--tasks", "tests.nowhere:TASK"], "cannot import 'tests.nowhere'",
+                 marks=needs_organism),
     (["tinyvision", "--tasks", "single_double_quote"], "--tasks and --task-file are for language models"),
     (["tinyvision", "--tokens", "4096"], "--tokens is for language models"),
 ])

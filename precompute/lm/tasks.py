@@ -13,8 +13,11 @@ No torch here: ``precompute.lm.evaluate`` scores models on these pairs.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import os
 import random
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +45,8 @@ class Task:
     """A named binary task. ``make(rng, answer)`` draws one pair whose correct token is ``answer``, one of
     ``candidates``; asking for the answer (rather than drawing it) is what keeps every list of pairs balanced.
 
-    Users add tasks by constructing one (from a function, or ``Task.from_jsonl``) and putting it in ``TASKS``."""
+    Users add tasks by constructing one, from a function (``load_task("package.module:NAME")``, or ``TASKS`` in code)
+    or from a file (``Task.from_jsonl``)."""
 
     name: str
     description: str
@@ -323,3 +327,24 @@ SET_OR_STRING = Task(
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (SINGLE_DOUBLE_QUOTE, BRACKET_COUNTING, SET_OR_STRING)}
+
+
+def load_task(target: str) -> Task:
+    """A task of yours from Python: ``package.module:NAME``, where NAME is a ``Task`` or a function returning one (its
+    ``make(rng, answer)`` draws pairs; see the built-in ones above). The module is found from the current directory or
+    the Python path, as uvicorn finds an app (a console script's path does not hold the directory it runs in)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{target!r}: name a task as package.module:NAME")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except ImportError as err:
+        raise ValueError(f"{target!r}: cannot import {module_name!r} ({err})") from None
+    except AttributeError:
+        raise ValueError(f"{target!r}: module {module_name!r} has no {attr!r}") from None
+    task = found() if callable(found) and not isinstance(found, Task) else found
+    if not isinstance(task, Task):
+        raise ValueError(f"{target!r} is a {type(task).__name__}, not a precompute.lm.tasks.Task")
+    return task
