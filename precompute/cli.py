@@ -207,8 +207,8 @@ def precompute(
                    f"layers are measured whole: choose them with --layers")
     if not language and tokens is not None:
         raise fail("--tokens is for language models; a vision model's sample is its held-out images")
-    if not language and (tasks or task_file):
-        raise fail("--tasks and --task-file are for language models' circuits")
+    if not language and (tasks or task_file or (target_loss, prune_steps, k_coef) != (None, None, None)):
+        raise fail("--tasks, --task-file, --target-loss, --prune-steps and --k-coef are for language models' circuits")
     chosen_tasks = _chosen_tasks(tasks, task_file) if language else None
     if language and layers and chosen_tasks is None:
         chosen_tasks = ()  # a circuit spans every layer: a run of some layers finds circuits only when --tasks asks

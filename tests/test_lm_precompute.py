@@ -331,7 +331,9 @@ needs_organism = pytest.mark.skipif(not ORGANISM.layers, reason="the organism's 
                  marks=needs_organism),
     pytest.param(["tinylm-sparse", "--tasks", "tests.nowhere:TASK"], "cannot import 'tests.nowhere'",
                  marks=needs_organism),
-    (["tinyvision", "--tasks", "single_double_quote"], "--tasks and --task-file are for language models"),
+    (["tinyvision", "--tasks", "single_double_quote"], "--tasks, --task-file, --target-loss, --prune-steps and "
+                                                       "--k-coef are for language models' circuits"),
+    (["tinyvision", "--k-coef", "0.001"], "are for language models' circuits"),
     (["tinyvision", "--tokens", "4096"], "--tokens is for language models"),
 ])
 def test_bad_language_input_fails_clearly_and_writes_nothing(tmp_path: Path, args: list[str], message: str):
