@@ -19,9 +19,9 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute.registry import ModelSpec
 from precompute.lm.circuits import CircuitConfig
 from precompute.lm.tasks import TASKS, Task
+from precompute.registry import ModelSpec
 from precompute.stages import Job, Stage
 from precompute.stages.circuits import CircuitsStage
 from precompute.stages.contexts import ContextsConfig, ContextsStage
