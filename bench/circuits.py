@@ -22,22 +22,15 @@ import time
 
 import torch
 
-from precompute.lm.circuits import CircuitConfig, FoundCircuit, find_circuit
+from precompute.lm.circuits import CircuitConfig, FoundCircuit, find_circuit, size_at
 from precompute.lm.corpus import load_heldout
 from precompute.lm.tasks import TASKS
 from precompute.lm.tokenizer import load_tokenizer
 from precompute.registry import get_model
-from render.circuit_graph import circuit_edges
 from render.pruning import PruneConfig
 from store.keys import CardKey
 
 MODELS = ("tinylm-sparse", "tinylm-dense")
-
-
-def at_target(model, found: FoundCircuit, target: float) -> tuple[int, int]:
-    """(nodes, edges) of the smallest evaluated k whose loss meets ``target`` (one must)."""
-    k = min(k for k, loss in found.pruned.curve.items() if loss <= target)
-    return k, len(circuit_edges(model, found.all_nodes.kept(found.pruned.order, k)))
 
 
 def scores(found: FoundCircuit) -> str:
@@ -78,7 +71,8 @@ def main() -> None:
             print(f"{name:20s} dense/sparse at {target}: edges {ratio:.1f}x, nodes {dense.pruned.k / sparse.pruned.k:.1f}x")
         else:
             common = max(min(found[slug].pruned.curve.values()) for slug in MODELS)
-            (sn, se), (dn, de) = (at_target(models[slug], found[slug], common) for slug in MODELS)
+            (sn, se), (dn, de) = (size_at(models[slug], found[slug].all_nodes, found[slug].pruned, common)
+                                  for slug in MODELS)  # both reach it: it is the larger of their lowest losses
             common_ratios.append(de / max(1, se))
             print(f"{name:20s} no ratio at {target}: a model misses it. At {common:.3f}, the tightest loss both reach:"
                   f" sparse {sn} nodes {se} edges, dense {dn} nodes {de} edges: edges {de / max(1, se):.1f}x, nodes "

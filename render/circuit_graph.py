@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-WRITE_KINDS = ("attn.out", "mlp.out")
+from render.lm_weights import WRITES
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def logit_reads(model: nn.Module, kept: dict[str, torch.Tensor], candidates: dic
         unembed = model.lm_head.weight.float() * model.transformer.ln_f.weight.float()  # [vocab, d_model]
     reads = []
     for layer, channels in kept.items():
-        if layer.partition(".")[2] not in WRITE_KINDS:
+        if layer.partition(".")[2] not in WRITES:
             continue
         for channel in channels.tolist():
             for text, token in candidates.items():

@@ -137,15 +137,19 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
     )
 
 
+def size_at(model: nn.Module, nodes: Nodes, pruned: Pruned, target: float) -> tuple[int, int] | None:
+    """(nodes, edges) of the smallest evaluated k whose loss is at most ``target``, in the pruning's node order;
+    None when no k evaluated reaches it."""
+    meeting = [k for k, loss in pruned.curve.items() if loss <= target]
+    if not meeting:
+        return None
+    return min(meeting), len(circuit_edges(model, nodes.kept(pruned.order, min(meeting))))
+
+
 def _sizes(model: nn.Module, nodes: Nodes, pruned: Pruned) -> list[dict]:
-    """Nodes and edges of the smallest evaluated k at each of ``SIZE_TARGETS`` it reaches."""
-    sizes = []
-    for target in SIZE_TARGETS:
-        meeting = [k for k, loss in pruned.curve.items() if loss <= target]
-        if meeting:
-            kept = nodes.kept(pruned.order, min(meeting))
-            sizes.append({"target": target, "k": min(meeting), "edges": len(circuit_edges(model, kept))})
-    return sizes
+    """Nodes and edges at each of ``SIZE_TARGETS`` the circuit's curve reaches."""
+    found = ((target, size_at(model, nodes, pruned, target)) for target in SIZE_TARGETS)
+    return [{"target": target, "k": size[0], "edges": size[1]} for target, size in found if size is not None]
 
 
 def _faithfulness(model: nn.Module, points: Mapping[str, nn.Module], means: Mapping[str, torch.Tensor],
