@@ -23,6 +23,9 @@ class Stat(StrEnum):
     DATASET_MEAN = "dataset_mean"
     DATASET_STD = "dataset_std"
     DATASET_MAX = "dataset_max"
+    # vision: the unit's activation as dataset examples rank it (its channel's spatial max) over every dataset image
+    QUARTILES = "quartiles"  # [q25, q50, q75] of the spatial max over a seeded sample of the dataset's images
+    EXAMPLES_N = "examples_n"  # how many dataset images the examples were ranked over
     N = "n"  # how many inputs (images, or tokens for a language model) the statistics cover
     MEASURE = "measure"  # one sentence saying what was measured
 
@@ -41,10 +44,27 @@ class Stat(StrEnum):
 
 
 class ExampleKind(StrEnum):
-    """``examples.kind``. A language-model example's ``source`` is a token window (see ``ContextKey``)."""
+    """``examples.kind``. A language-model example's ``source`` is a token window (see ``ContextKey``); a vision
+    example's is an image crop (see ``CropKey``)."""
 
     TOP = "top"  # ranked by activation, highest first
     RANDOM = "random"  # drawn uniformly from the tokens where the unit is nonzero, in sample order
+    # vision: images drawn at random (seeded) from those whose activation lies between the quartiles of the unit's
+    # activations over the dataset (``Stat.QUARTILES``), ranked by activation, highest first
+    MIDDLE = "middle"
+
+
+class CropKey(StrEnum):
+    """Keys of a vision example's ``examples.source``. ``examples.asset_sha256`` is the whole dataset image as the model
+    saw it (after resize and crop), stored once however many units use it; the crop is a box into it."""
+
+    DATASET = "dataset"  # the dataset's name
+    ITEM = "item"  # which image: its path relative to the dataset folder, or ``split/index`` of a built-in dataset
+    CELL = "cell"  # [y, x]: the cell of the unit's activation grid where its spatial max is
+    GRID = "grid"  # [h, w]: the size of that activation grid
+    # [left, top, right, bottom] in pixels of the stored image, right and bottom exclusive: the part of the input the
+    # unit's receptive field at ``cell`` sees, clipped to the image
+    BOX = "box"
 
 
 class ContextKey(StrEnum):
@@ -58,13 +78,39 @@ class ContextKey(StrEnum):
 
 
 class EdgeKind(StrEnum):
-    """``edges.kind``."""
+    """``edges.kind``. A vision edge joins a unit to one of the previous layer's: its ``weight`` is the L2 norm of the
+    [h, w] kernel between them (batchnorm folded in) signed by the kernel's sum, so |weight| ranks inputs the Circuits
+    thread's way and the sign says excitatory or inhibitory on the whole; its asset is the kernel drawn in diverging
+    colours (``render.vision_weights.kernel_image``). A unit keeps its strongest inputs and strongest outputs."""
 
     WEIGHT = "weight"  # a direct weight (for a language model: through the norm's gain where one sits between)
-    EXPANDED = "expanded_weight"  # product of weights through non-linearities replaced by identity
+    # vision: the gradient of the later unit at its centre cell with respect to the earlier layer, with nonlinearities
+    # replaced by identity (max pooling by average pooling), for layers joined by pooling, branches or residuals
+    EXPANDED = "expanded_weight"
     # A circuit's edge (``edges.circuit_id`` set): a nonzero weight between two of its kept nodes, raw (the nodes are
     # the norms' outputs and the residual writes, so no gain sits between them)
     CIRCUIT = "circuit"
+
+
+class LayerImageKind(StrEnum):
+    """``layer_images.kind``: pictures of a whole vision layer (lucid's layer views)."""
+
+    # maximises the mean of the layer's squared activations from a seeded random start; ``name`` is ""
+    DEEPDREAM = "deepdream"
+    # an input image optimised so the layer's activations align with those of the input (``source_sha256``); ``name``
+    # is the input's file stem, so one layer can have caricatures of several inputs
+    CARICATURE = "caricature"
+
+
+class DatasetKey(StrEnum):
+    """Keys of ``runs.config["dataset"]``: the images a vision run measured units on."""
+
+    NAME = "name"  # the folder's name, or the built-in dataset's
+    SOURCE = "source"  # the folder's absolute path, or ``built-in``
+    IMAGES = "images"  # images read
+    SKIPPED = "skipped"  # files that looked like images and could not be read (each named in the job's log)
+    SHA256 = "sha256"  # over the images' relative paths and bytes in path order (built-in: over the tensor bytes)
+    LAYOUT = "layout"  # "classes" (one subfolder per class, as torchvision's ImageFolder), "flat" or "built-in"
 
 
 class CardKey(StrEnum):

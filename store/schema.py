@@ -4,7 +4,8 @@ One shape serves vision and language models: a *layer* is any hook point (a conv
 a *unit* is one channel or neuron of it. What we learn about a unit attaches to it in its own table:
 
 - ``unit_images``  — rendered pictures of the unit (feature visualisations by objective, later caricatures);
-- ``examples``     — ranked dataset examples (image crops or token windows);
+- ``examples``     — ranked dataset examples (image crops, as boxes into a stored image, or token windows);
+- ``layer_images`` — pictures of a whole vision layer (DeepDream, caricatures of input images);
 - ``edges``        — weighted connections between units (direct or expanded weights; a circuit's own edges carry its
   ``circuit_id``);
 - ``circuits`` / ``circuit_nodes`` — task circuits of language models found by pruning, and the units they keep.
@@ -22,7 +23,7 @@ from sqlalchemy import (JSON, ColumnElement, DateTime, Float, ForeignKey, Index,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a change to the tables makes older atlases unreadable by this code, and add its step to MIGRATIONS.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # How the writer brings an atlas of format version N up to N + 1, in place: SQL statements it runs in one transaction
 # with the new version number, under its lock. Readers refuse older atlases; any precompute into one upgrades it.
@@ -56,6 +57,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX uq_model_edges ON edges (src_unit_id, dst_unit_id, kind) WHERE circuit_id IS NULL",
         "CREATE UNIQUE INDEX uq_circuit_edges ON edges (circuit_id, src_unit_id, dst_unit_id, kind) "
         "WHERE circuit_id IS NOT NULL"],
+    3: ["""CREATE TABLE layer_images (id INTEGER NOT NULL, layer_id INTEGER NOT NULL, kind VARCHAR(64) NOT NULL,
+        name VARCHAR(256) NOT NULL, asset_sha256 VARCHAR(64) NOT NULL, source_sha256 VARCHAR(64), params JSON NOT NULL,
+        activation FLOAT, PRIMARY KEY (id), UNIQUE (layer_id, kind, name), FOREIGN KEY(layer_id) REFERENCES layers (id),
+        FOREIGN KEY(asset_sha256) REFERENCES assets (sha256), FOREIGN KEY(source_sha256) REFERENCES assets (sha256))""",
+        "CREATE INDEX ix_layer_images_layer_id ON layer_images (layer_id)"],
 }
 
 
@@ -139,6 +145,25 @@ class UnitImage(Base):
     asset: Mapped[Asset] = relationship(lazy="joined")
 
 
+class LayerImage(Base):
+    """A picture of a whole vision layer (``store.keys.LayerImageKind``): its DeepDream, or a caricature of an input
+    image (the input is ``source``)."""
+
+    __tablename__ = "layer_images"
+    __table_args__ = (UniqueConstraint("layer_id", "kind", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))  # "" for DeepDream; the input's file stem for a caricature
+    asset_sha256: Mapped[str] = mapped_column(ForeignKey("assets.sha256"))
+    source_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)
+    # How it was made: steps, size, seed, lr, transforms, objective
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    activation: Mapped[float | None] = mapped_column(Float, default=None)  # the objective on the final image
+    asset: Mapped[Asset] = relationship(lazy="joined", foreign_keys=[asset_sha256])
+    source: Mapped[Asset | None] = relationship(lazy="joined", foreign_keys=[source_sha256])
+
+
 class Example(Base):
     """A ranked dataset example of a unit: an image crop or a token window, with where it came from."""
 
@@ -150,7 +175,7 @@ class Example(Base):
     rank: Mapped[int] = mapped_column(Integer)
     activation: Mapped[float] = mapped_column(Float)
     asset_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)
-    # Provenance and payload: {"dataset", "item", "cell": [y, x]} for images, {"tokens", "values"} for text.
+    # Provenance and payload: an image crop (store.keys.CropKey) or a token window (store.keys.ContextKey).
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
