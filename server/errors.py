@@ -1,5 +1,6 @@
 """Errors say exactly what is wrong, as JSON to JSON clients and as a styled page to browsers.
 
+- 400: a query value that is not one of those the page knows (``?thumbnail=``), and which ones it knows.
 - 404: what was not found (a model, layer, unit, page, image kind or path).
 - 503: the atlas cannot answer: its index is damaged (``atlascope verify`` says where), or a writer holds it longer
   than we wait (``Retry-After``). A damaged page also turns ``/-/health`` to 503 for the rest of the process's life.
@@ -22,6 +23,11 @@ RETRY_AFTER_SECONDS = "2"
 class NotFound(HTTPException):
     def __init__(self, message: str):
         super().__init__(404, message)
+
+
+class BadRequest(HTTPException):
+    def __init__(self, message: str):
+        super().__init__(400, message)
 
 
 def wants_json(request: Request) -> bool:

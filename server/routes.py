@@ -10,8 +10,9 @@ The ``.json`` route of a page is registered before its HTML route: a path parame
 (``/models/{model}/circuits/{task}``) are registered before its units, whose URLs have the same shape: there a number,
 in a model with a layer named ``circuits``, is that layer's unit, so no unit URL changes meaning. Path parameters are
 plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422; so are the
-query parameters, whose values the schema lists. A layer page's ``?unit=N`` (its jump box, a plain form) answers 303
-with the unit's page. HEAD is answered for every route by ``server.cache``.
+query parameters, whose values the schema lists (a ``?thumbnail=`` that is neither of its two is a 400: it names no
+thing that could be missing). A layer page's ``?unit=N`` (its jump box, a plain form) answers 303 with the unit's
+page. HEAD is answered for every route by ``server.cache``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from server.templating import render_page
 from server.twins import (
     CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, TaskPage, TasksPage, Twin, UnitPage,
 )
-from server.urls import DEFAULT_KIND, DEFAULT_SORT
+from server.urls import DEFAULT_KIND, DEFAULT_SORT, FEATVIS, THUMBNAILS
 from store import FORMAT_VERSION
 from store.errors import BUSY, INTERRUPTED, classify
 from store.schema import Asset, Model
@@ -54,12 +55,23 @@ ERROR_DESCRIPTIONS = {
          "an HTML page otherwise.",
     503: "The atlas cannot answer: its index is damaged, or a writer holds it (`Retry-After`).",
 }
-ERRORS = {status: {"description": description, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}},
-    "text/html": {"schema": {"type": "string"}},
-}} for status, description in ERROR_DESCRIPTIONS.items()}
-JSON_ERRORS = {status: {"model": ErrorBody, "description": description}
-               for status, description in ERROR_DESCRIPTIONS.items()}
+BAD_QUERY = {400: "A `?thumbnail=` that is neither `featvis` nor `example`: the message says so."}
+
+
+def html_errors(descriptions: dict[int, str]) -> dict[int, dict[str, Any]]:
+    return {status: {"description": description, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}},
+        "text/html": {"schema": {"type": "string"}},
+    }} for status, description in descriptions.items()}
+
+
+def json_errors(descriptions: dict[int, str]) -> dict[int, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": description} for status, description in descriptions.items()}
+
+
+ERRORS, JSON_ERRORS = html_errors(ERROR_DESCRIPTIONS), json_errors(ERROR_DESCRIPTIONS)
+LAYER_ERRORS = html_errors({**BAD_QUERY, **ERROR_DESCRIPTIONS})
+LAYER_JSON_ERRORS = json_errors({**BAD_QUERY, **ERROR_DESCRIPTIONS})
 PageQuery = Query("1", description="Page of the layer's grid, from 1.")
 KindQuery = Query(DEFAULT_KIND, description="Image kind the grid shows: `channel`, `neuron`, ...")
 SortQuery = Query(DEFAULT_SORT, description="What the units are sorted by: `index`; for a language model's layer "
@@ -67,6 +79,10 @@ SortQuery = Query(DEFAULT_SORT, description="What the units are sorted by: `inde
                   json_schema_extra={"enum": list(LANGUAGE_SORTS)})
 OrderQuery = Query(None, description="`asc` or `desc`; by default ascending for `index`, descending otherwise.",
                    json_schema_extra={"enum": list(ORDERS)})
+ThumbnailQuery = Query(FEATVIS, description="What a vision layer's grid shows for each unit: `featvis`, its feature "
+                                            "visualisation (of `kind`), or `example`, the crop of its top dataset "
+                                            "example. Anything else is a 400.",
+                       json_schema_extra={"enum": list(THUMBNAILS)})
 UnitQuery = Query(None, description="Jump to a unit: `?unit=5` answers 303 with the unit's page (from the `.json` "
                                     "route, its JSON twin); a unit that does not exist is a 404.")
 JUMP = {303: {"description": "`?unit=N`: see the unit's page, in `Location`.",
@@ -143,7 +159,8 @@ async def model_html(request: Request, model: str) -> Response:
 
 
 async def layer_response(request: Request, model: str, layer: str, page: str, kind: str, sort: str,
-                         order: str | None, unit: str | None, template: str | None = None) -> Response:
+                         order: str | None, thumbnail: str, unit: str | None,
+                         template: str | None = None) -> Response:
     """A page of the layer's units, or with ``?unit=N`` a redirect to that unit (the layer page's jump box)."""
     if unit is not None:
         atlas = request.app.state.atlas
@@ -155,21 +172,24 @@ async def layer_response(request: Request, model: str, layer: str, page: str, ki
         return RedirectResponse(await in_executor(request, work), status_code=303)
     per_page = request.app.state.settings.per_page
     return await twin_response(request, layer_page, LayerPage, model, layer, page, per_page, kind, sort, order,
-                               template=template)
+                               thumbnail, template=template)
 
 
 @router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units",
-            response_model=LayerPage, responses={**JUMP, **NOT_MODIFIED, **JSON_ERRORS})
+            response_model=LayerPage, responses={**JUMP, **NOT_MODIFIED, **LAYER_JSON_ERRORS})
 async def layer_json(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
-                     sort: str = SortQuery, order: str | None = OrderQuery, unit: str | None = UnitQuery) -> Response:
-    return await layer_response(request, model, layer, page, kind, sort, order, unit)
+                     sort: str = SortQuery, order: str | None = OrderQuery, thumbnail: str = ThumbnailQuery,
+                     unit: str | None = UnitQuery) -> Response:
+    return await layer_response(request, model, layer, page, kind, sort, order, thumbnail, unit)
 
 
 @router.get("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"],
-            summary="One page of a layer's units", responses={**JUMP, **NOT_MODIFIED, **ERRORS})
+            summary="One page of a layer's units", responses={**JUMP, **NOT_MODIFIED, **LAYER_ERRORS})
 async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
-                     sort: str = SortQuery, order: str | None = OrderQuery, unit: str | None = UnitQuery) -> Response:
-    return await layer_response(request, model, layer, page, kind, sort, order, unit, template="layer.html")
+                     sort: str = SortQuery, order: str | None = OrderQuery, thumbnail: str = ThumbnailQuery,
+                     unit: str | None = UnitQuery) -> Response:
+    return await layer_response(request, model, layer, page, kind, sort, order, thumbnail, unit,
+                                template="layer.html")
 
 
 async def circuit_response(request: Request, model: str, task: str, template: str | None = None) -> Response:

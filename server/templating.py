@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from store.keys import CardKey, ModelKind
+from store.keys import CardKey, EdgeKind, ExampleKind, ModelKind
 
 
 def package_dir(name: str) -> Path:
@@ -61,7 +61,7 @@ templates = Jinja2Templates(directory=package_dir("templates"))
 templates.env.filters.update(percent=percent, duration=duration, visible=visible, source_text=source_text,
                              log10=math.log10)  # log10: the circuit page's loss-vs-k chart has a log axis
 templates.env.globals["CardKey"] = CardKey  # language-model card sections, by the names the job writes them under
-templates.env.globals["ModelKind"] = ModelKind
+templates.env.globals.update(ModelKind=ModelKind, ExampleKind=ExampleKind, EdgeKind=EdgeKind)
 
 
 def render_page(

@@ -139,8 +139,24 @@ class RunInfo(Twin):
     progress: Progress
 
 
+class Dataset(Twin):
+    """The images a vision model's units were ranked on (its dataset examples): `runs[].config.dataset` of the latest
+    run that names one. Any key the job did not write is null."""
+
+    name: str | None = Field(description="The folder's name, or the built-in dataset's.")
+    source: str | None = Field(description="The folder's absolute path, or `built-in`.")
+    images: int | None = Field(description="Images read.")
+    skipped: int | None = Field(description="Files that looked like images and could not be read.")
+    sha256: str | None = Field(description="Over the images' relative paths and bytes in path order (built-in: "
+                                           "over the tensor bytes).")
+    layout: str | None = Field(description="`classes` (one subfolder per class), `flat` or `built-in`.")
+    run: int = Field(description="The run (`runs[].id`) it comes from.")
+
+
 class ModelPage(Linked):
     model: ModelInfo
+    dataset: Dataset | None = Field(description="Vision: the dataset of the latest run that ranked examples; null "
+                                                "before one did, and for language models.")
     layers: list[LayerSummary] = Field(description="In forward order.")
     runs: list[RunInfo] = Field(description="Precompute runs, oldest first: provenance of what the atlas holds.")
     circuits: list[CircuitSummary] = Field(description="The model's task circuits, by task (language models).")
@@ -173,11 +189,55 @@ class Pagination(Twin):
     all: list[PageLink]
 
 
+class Crop(Twin):
+    """A vision dataset example: the part of a whole dataset image that the unit's receptive field sees at the cell
+    of its spatial max. The image is stored once, whole, however many units use it; the crop is a box into it."""
+
+    kind: str = Field(description="`top`: the images of highest activation, highest first; `middle`: images drawn at "
+                                  "random from those between the unit's quartiles (`stats.quartiles`), highest first.")
+    rank: int = Field(description="From 0, within its kind.")
+    activation: float = Field(description="The unit's spatial max on the image.")
+    image: Asset | None = Field(description="The whole dataset image, as the model saw it (after resize and crop).")
+    dataset: str | None = Field(description="The dataset's name.")
+    item: str | None = Field(description="Which image: its path in the dataset folder, or `split/index`.")
+    cell: list[int] | None = Field(description="[y, x]: the cell of the unit's activation grid with the max.")
+    grid: list[int] | None = Field(description="[h, w]: the size of that activation grid.")
+    box: list[int] | None = Field(description="[left, top, right, bottom] in pixels of `image` (right and bottom "
+                                              "exclusive): the receptive field at `cell`, clipped to the image.")
+
+
 class GridUnit(UnitRef):
     """A vision unit in the layer's grid of images."""
 
     label: str | None
     image: UnitImage | None = Field(description="The image of the grid's kind, or null if not rendered yet.")
+    example: Crop | None = Field(description="With `?thumbnail=example`: the unit's top dataset example, or null if "
+                                             "it has none yet; null otherwise.")
+
+
+class ThumbnailLink(Linked):
+    """One of the two things a vision layer's grid can show for each unit."""
+
+    thumbnail: Literal["featvis", "example"]
+    current: bool = Field(description="Whether this page shows it.")
+
+
+class LayerView(Twin):
+    """A picture of the whole layer (lucid's layer views)."""
+
+    kind: str = Field(description="`deepdream`: an image maximising the mean of the layer's squared activations, "
+                                  "from a seeded start; `caricature`: an input image optimised so that the layer's "
+                                  "activations align with the input's.")
+    name: str = Field(description="\"\" for DeepDream; the input's file stem for a caricature.")
+    image: Asset
+    input: Asset | None = Field(description="The caricature's input image; null for DeepDream.")
+    params: dict[str, Any] = Field(description="How it was made: steps, size, seed, lr, transforms, objective.")
+    activation: float | None = Field(description="The objective on the final image.")
+
+
+class LayerViews(Twin):
+    deepdream: LayerView | None = Field(description="Null until the job has made it.")
+    caricatures: list[LayerView] = Field(description="One per input image, by name.")
 
 
 class TableUnit(UnitRef):
@@ -199,6 +259,14 @@ class LayerPage(Linked):
     order: Literal["asc", "desc"] = Field(description="`?order=`; by default ascending for index, descending "
                                                       "otherwise.")
     sorts: list[SortLink] = Field(description="Every column the units can be sorted by.")
+    thumbnail: Literal["featvis", "example"] = Field(description=(
+        "What a vision grid shows for each unit (`?thumbnail=`): `featvis` (default), its feature visualisation of "
+        "`kind`, in `units[].image`; `example`, the crop of its top dataset example, in `units[].example`. Any "
+        "other value is a 400. Language-model layers (tables) ignore it."))
+    thumbnails: list[ThumbnailLink] = Field(description="Links switching the grid's thumbnail, keeping the page, "
+                                                        "kind and sort; empty for a language model.")
+    views: LayerViews | None = Field(description="Vision: the layer's DeepDream and caricatures; null for a "
+                                                 "language model.")
     page: Pagination
     units: list[GridUnit] | list[TableUnit] = Field(description="This page's units: a grid of images for a vision "
                                                                 "model, table rows for a language model.")
@@ -212,16 +280,12 @@ class UnitStats(Twin):
     dataset_mean: float | None = Field(default=None, description="Mean over the sample of the unit's channel mean.")
     dataset_std: float | None = None
     dataset_max: float | None = None
+    quartiles: list[float] | None = Field(default=None, description="[q25, q50, q75] of the unit's spatial max over "
+                                                                    "a seeded sample of the dataset's images: the "
+                                                                    "range `middle` examples are drawn from.")
+    examples_n: int | None = Field(default=None, description="How many dataset images the examples were ranked over.")
     n: int | None = Field(default=None, description="Sample size.")
     measure: str | None = Field(default=None, description="What was measured, in words.")
-
-
-class Example(Twin):
-    kind: str = Field(description="`top`, `bottom` or `random`.")
-    rank: int
-    activation: float
-    source: dict[str, Any] = Field(description="Provenance: dataset, item, cell.")
-    image: Asset | None
 
 
 class Histogram(Twin):
@@ -277,10 +341,15 @@ class Contexts(Twin):
 
 
 class Edge(Twin):
-    kind: str = Field(description="`weight` or `expanded_weight` (a circuit's own edges are on its page).")
-    weight: float
+    kind: str = Field(description="`weight` (direct) or `expanded_weight` (through pooling, branches or residuals: "
+                                  "nonlinearities replaced by identity); a circuit's own edges are on its page.")
+    weight: float = Field(description="Language models: the weight. Vision: the L2 norm of the [h, w] kernel "
+                                      "(batchnorm folded in) signed by the kernel's sum.")
     unit: UnitRef = Field(description="The unit at the other end.")
-    image: Asset | None
+    image: Asset | None = Field(description="Vision: the kernel, drawn in diverging colours (a few pixels a side: "
+                                            "draw it scaled up, pixelated).")
+    thumbnail: Asset | None = Field(description="Vision: the other unit's `channel` feature visualisation, if "
+                                                "rendered.")
 
 
 class EdgeList(Twin):
@@ -307,15 +376,17 @@ class UnitPage(Linked):
     stats: UnitStats | None = Field(description="Vision: the channel's dataset statistics. Null for a language "
                                                 "model's unit, whose statistics are `activation`.")
     images: list[UnitImage]
-    examples: list[Example] = Field(description="Image crops (vision); a language model's are `contexts`.")
+    examples: list[Crop] = Field(description="Vision: dataset examples, `top` ones by rank, then `middle` ones; a "
+                                             "language model's are `contexts`.")
     activation: Activation | None = Field(description="Language models: the unit's activation statistics; null "
                                                       "until measured.")
     logit_effects: LogitEffects | None = Field(description="Language models: the tokens its output most promotes "
                                                            "and suppresses; null where it writes no residual "
                                                            "stream (q, k, v) or before it is measured.")
     contexts: Contexts | None = Field(description="Language models: token windows it fires on; null if it has none.")
-    edges: dict[Literal["in", "out"], EdgeList] = Field(description="`in`: units it reads from; `out`: units that "
-                                                                    "read it.")
+    edges: dict[Literal["in", "out"], EdgeList] = Field(description="`in`: units it reads from (vision: the "
+                                                                    "previous layer); `out`: units that read it "
+                                                                    "(vision: the next layer).")
     circuits: list[CircuitMembership] = Field(description="The task circuits that keep this unit, by task.")
     prev: UnitRef | None
     next: UnitRef | None

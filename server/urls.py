@@ -22,15 +22,20 @@ def layer_url(model: str, layer: str) -> str:
 
 DEFAULT_KIND = "channel"  # the image kind a layer grid shows unless ?kind= asks for another
 DEFAULT_SORT = "index"  # the order of a layer's units unless ?sort= asks for another
+# What a vision layer's grid shows for each unit (?thumbnail=): its feature visualisation, or its top dataset example
+FEATVIS, EXAMPLE = "featvis", "example"
+THUMBNAILS = (FEATVIS, EXAMPLE)
 
 
 def layer_page_url(model: str, layer: str, page: int, kind: str = DEFAULT_KIND, sort: str = DEFAULT_SORT,
-                   order: str | None = None) -> str:
+                   order: str | None = None, thumbnail: str = FEATVIS) -> str:
     """A page of a layer's units; defaults are left out (``order=None``: the sort's own), so each page has one URL."""
     query = {key: value for key, value in (("page", page if page > 1 else None),
                                            ("kind", kind if kind != DEFAULT_KIND else None),
                                            ("sort", sort if sort != DEFAULT_SORT else None),
-                                           ("order", order)) if value is not None}
+                                           ("order", order),
+                                           ("thumbnail", thumbnail if thumbnail != FEATVIS else None))
+             if value is not None}
     return layer_url(model, layer) + (f"?{urlencode(query)}" if query else "")
 
 

@@ -1,5 +1,7 @@
 """``/models/{model}/{layer}``: one page of a layer's units, as a grid of images of one kind (``?kind=``) for a vision
 model, or as a table of activation statistics for a language model, in the order ``?sort=`` and ``?order=`` ask for.
+A vision grid shows each unit's feature visualisation or, with ``?thumbnail=example``, the crop of its top dataset
+example (to check one against the other across a layer), under the layer's own pictures (DeepDream, caricatures).
 
 Sorting happens here rather than in the browser, so that it spans every page of a layer with thousands of units and
 the JSON twin lists the same rows in the same order as the HTML.
@@ -13,12 +15,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.errors import NotFound
+from server.errors import BadRequest, NotFound
 from server.pages.common import (
     THUMB_KIND, echo, find_layer, find_model, image_dict, layer_ref, model_ref, parse_page, parse_unit,
     rendered_counts, stat, unit_ref,
 )
-from server.urls import DEFAULT_SORT, json_url, layer_page_url, links, unit_url
+from server.pages.vision import layer_views, top_crops
+from server.urls import DEFAULT_SORT, EXAMPLE, THUMBNAILS, json_url, layer_page_url, links, unit_url
 from store.keys import ModelKind, Stat
 from store.schema import Layer, Unit, UnitImage
 
@@ -29,7 +32,10 @@ ORDERS = ("asc", "desc")
 
 
 def layer_page(session: Session, slug: str, name: str, page: str, per_page: int, kind: str, sort: str,
-               order: str | None, writer_active: bool) -> dict[str, Any]:
+               order: str | None, thumbnail: str, writer_active: bool) -> dict[str, Any]:
+    if thumbnail not in THUMBNAILS:
+        raise BadRequest(f"thumbnail {echo(thumbnail)} is not one a layer grid shows: featvis (each unit's feature "
+                         "visualisation, the default) or example (its top dataset example)")
     model = find_model(session, slug)
     layer = find_layer(session, model, name)
     kinds = sorted({THUMB_KIND, *session.scalars(
@@ -47,8 +53,8 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
     start, stop = (number - 1) * per_page, min(number * per_page, layer.n_units)
     indices = sorted_indices(session, layer, sort, order)[start:stop]
 
-    def url(n: int, k: str = kind, by: str = sort, direction: str = order) -> str:
-        return layer_page_url(model.slug, layer.name, n, k, by, None if direction == sorts[by] else direction)
+    def url(n: int, k: str = kind, by: str = sort, direction: str = order, shows: str = thumbnail) -> str:
+        return layer_page_url(model.slug, layer.name, n, k, by, None if direction == sorts[by] else direction, shows)
 
     def page_ref(n: int) -> dict[str, Any]:
         return {"page": n, **links(url(n))}
@@ -59,7 +65,12 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
 
     n_rendered = rendered_counts(session, Layer.id, Layer.id == layer.id).get(layer.id, 0)
     found = page_units(session, layer, indices, kind)
-    entry = table_row if model.kind == ModelKind.LANGUAGE else grid_cell
+    language = model.kind == ModelKind.LANGUAGE
+    crops = top_crops(session, layer, indices) if thumbnail == EXAMPLE and not language else {}
+
+    def entry(index: int) -> dict[str, Any]:
+        unit, image = found.get(index, (None, None))
+        return table_row(unit) if language else grid_cell(unit, image, crops.get(index))
     return {
         **links(url(number)),
         "model": model_ref(model),
@@ -69,6 +80,10 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
         "sort": sort,
         "order": order,
         "sorts": [sort_link(by) for by in sorts],
+        "thumbnail": thumbnail,
+        "thumbnails": [] if language else [{"thumbnail": shows, "current": shows == thumbnail,
+                                            **links(url(number, shows=shows))} for shows in THUMBNAILS],
+        "views": None if language else layer_views(session, layer),
         "page": {
             "page": number,
             "per_page": per_page,
@@ -78,7 +93,7 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
             "next": page_ref(number + 1) if number < pages else None,
             "all": [page_ref(n) for n in range(1, pages + 1)],
         },
-        "units": [{**unit_ref(model.slug, layer.name, i), **entry(*found.get(i, (None, None)))} for i in indices],
+        "units": [{**unit_ref(model.slug, layer.name, i), **entry(i)} for i in indices],
         "writer_active": writer_active,
     }
 
@@ -104,12 +119,13 @@ def page_units(session: Session, layer: Layer, indices: list[int], kind: str) ->
     return {unit.index: (unit, image) for unit, image in session.execute(query)}
 
 
-def grid_cell(unit: Unit | None, image: UnitImage | None) -> dict[str, Any]:
-    """Vision: a unit with its image of the grid's kind."""
-    return {"label": unit.label if unit else None, "image": image_dict(image, unit.stats) if image else None}
+def grid_cell(unit: Unit | None, image: UnitImage | None, example: dict[str, Any] | None) -> dict[str, Any]:
+    """Vision: a unit with its image of the grid's kind, and its top example when the grid shows examples."""
+    return {"label": unit.label if unit else None, "image": image_dict(image, unit.stats) if image else None,
+            "example": example}
 
 
-def table_row(unit: Unit | None, _image: None) -> dict[str, Any]:
+def table_row(unit: Unit | None) -> dict[str, Any]:
     """Language models: a unit with its density, max and top tokens (null until measured)."""
     stats = unit.stats if unit else {}
     return {"label": unit.label if unit else None, "density": stats.get(Stat.DENSITY), "max": stats.get(Stat.MAX),

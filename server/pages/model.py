@@ -1,5 +1,5 @@
-"""``/models/{model}``: the model card, its layers in forward order, its task circuits, and every precompute run
-(provenance)."""
+"""``/models/{model}``: the model card, its layers in forward order, its task circuits, the dataset its units' examples
+come from, and every precompute run (provenance)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from server.pages.common import circuit_summary, find_model, layer_ref, model_ref, rendered_counts, run_progress
 from server.urls import links, model_url
+from store.keys import DatasetKey
 from store.schema import Circuit, Layer, Run
 
 
@@ -22,6 +23,7 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
     return {
         **links(model_url(model.slug)),
         "model": {**model_ref(model), "description": model.description, "source": model.source, "card": model.card},
+        "dataset": dataset(runs),
         "layers": [{**layer_ref(model, layer), "n_rendered": rendered.get(layer.id, 0)} for layer in model.layers],
         "runs": [
             {
@@ -35,3 +37,13 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
         ],
         "circuits": [circuit_summary(model, circuit) for circuit in circuits],
     }
+
+
+def dataset(runs: list[Run]) -> dict[str, Any] | None:
+    """The dataset of the latest run that names one (``store.keys.DatasetKey``), with that run's id. Runs that found
+    every layer's examples done name theirs too, so each example also names its own dataset (``CropKey.DATASET``)."""
+    for run in reversed(runs):
+        found = (run.config or {}).get("dataset")
+        if isinstance(found, dict):
+            return {**{key.value: found.get(key) for key in DatasetKey}, "run": run.id}
+    return None

@@ -1,8 +1,10 @@
 """``/models/{model}/{layer}/{unit}``: everything known about one unit, section by section.
 
 Each section (examples, connections, circuits here; a language model's activation, logit effects and contexts in
-``server.pages.sections``) is one small function of the unit; a unit that has nothing for a section yet, or is not
-rendered at all, still answers.
+``server.pages.sections``; a vision unit's crops in ``server.pages.vision``) is one small function of the unit; a unit
+that has nothing for a section yet, or is not rendered at all, still answers. A vision unit's connections are its
+weights: each carries its kernel picture and the other unit's feature visualisation, so the page can set them side by
+side.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from sqlalchemy.orm import Session, aliased
 
 from server.pages import sections
 from server.pages.common import (
-    asset_dict, circuit_summary, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit, unit_number,
-    unit_ref,
+    THUMB_KIND, asset_dict, circuit_summary, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit,
+    unit_number, unit_ref,
 )
+from server.pages.vision import crop
 from server.urls import layer_page_url, links, unit_url
-from store.keys import ModelKind
+from store.keys import ExampleKind, ModelKind
 from store.schema import Asset, Circuit, CircuitNode, Edge, Example, Layer, Model, Unit, UnitImage
 
 # Strongest connections listed per direction on a unit page. A sparse language model's unit has a few dozen to a few
@@ -34,20 +37,24 @@ LOCATE = (select(Model, Layer, Unit).join(Layer, Layer.model_id == Model.id)
           .where(Model.slug == bindparam("slug"), Layer.name == bindparam("layer")))
 IMAGES = select(UnitImage).where(UnitImage.unit_id == bindparam("unit")).order_by(UnitImage.kind)
 EXAMPLES = (select(Example, Asset).outerjoin(Asset, Asset.sha256 == Example.asset_sha256)
-            .where(Example.unit_id == bindparam("unit")).order_by(Example.kind, Example.rank))
+            .where(Example.unit_id == bindparam("unit"))
+            .order_by(Example.kind != ExampleKind.TOP, Example.kind, Example.rank))  # top examples first
 CIRCUITS = (select(Circuit, Model, CircuitNode.score).join(CircuitNode, CircuitNode.circuit_id == Circuit.id)
             .join(Model, Model.id == Circuit.model_id)
             .where(CircuitNode.unit_id == bindparam("unit")).order_by(Circuit.slug))
 
 
 def _edge_statements(here: Any, there: Any) -> tuple[Any, Any]:
-    """The strongest of the model's edges at ``here == :unit`` with the unit at ``there``, and how many there are.
-    Circuits' edges repeat some of the model's weights, once per circuit; their pages list them."""
-    other = aliased(Unit)
+    """The strongest of the model's edges at ``here == :unit`` with the unit at ``there`` (and its channel image, if
+    it has one), and how many there are. Circuits' edges repeat some of the model's weights, once per circuit; their
+    pages list them."""
+    other, kernel, thumb, picture = aliased(Unit), aliased(Asset), aliased(UnitImage), aliased(Asset)
     own = (here == bindparam("unit")) & Edge.circuit_id.is_(None)
-    strongest = (select(Edge, other.index, Layer.name, Model.slug, Asset)
+    strongest = (select(Edge, other.index, Layer.name, Model.slug, kernel, picture)
                  .join(other, other.id == there).join(Layer, Layer.id == other.layer_id)
-                 .join(Model, Model.id == Layer.model_id).outerjoin(Asset, Asset.sha256 == Edge.asset_sha256)
+                 .join(Model, Model.id == Layer.model_id).outerjoin(kernel, kernel.sha256 == Edge.asset_sha256)
+                 .outerjoin(thumb, (thumb.unit_id == other.id) & (thumb.kind == THUMB_KIND))
+                 .outerjoin(picture, picture.sha256 == thumb.asset_sha256)
                  .where(own).order_by(func.abs(Edge.weight).desc()).limit(bindparam("limit")))
     return strongest, select(func.count()).select_from(Edge).where(own)
 
@@ -98,8 +105,7 @@ def examples(session: Session, unit: Unit) -> tuple[list[dict[str, Any]], list[t
         if sections.is_window(ex.source):
             windows.append((ex.kind, ex.rank, ex.activation, ex.source))
         else:
-            crops.append({"kind": ex.kind, "rank": ex.rank, "activation": ex.activation, "source": ex.source,
-                          "image": asset_dict(asset)})
+            crops.append(crop(ex, asset))
     return crops, windows
 
 
@@ -110,8 +116,9 @@ def edges(session: Session, unit: Unit, direction: str, limit: int) -> dict[str,
     return {
         "total": len(rows) if len(rows) < limit else session.scalar(count, {"unit": unit.id}),
         "shown": [
-            {"kind": edge.kind, "weight": edge.weight, "unit": unit_ref(slug, name, index), "image": asset_dict(asset)}
-            for edge, index, name, slug, asset in rows
+            {"kind": edge.kind, "weight": edge.weight, "unit": unit_ref(slug, name, index),
+             "image": asset_dict(kernel), "thumbnail": asset_dict(thumbnail)}
+            for edge, index, name, slug, kernel, thumbnail in rows
         ],
     }
 
