@@ -55,7 +55,7 @@ class Rendered:
 
 
 @contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
+def frozen(model: nn.Module) -> Iterator[None]:
     """Eval mode and no weight gradients for the duration; both restored afterwards."""
     was_training = model.training
     grads = [p.requires_grad for p in model.parameters()]
@@ -75,7 +75,7 @@ def render_units(model: nn.Module, layer: nn.Module, units: Sequence[int], objec
     score = OBJECTIVES[objective]
     slots = torch.tensor(list(units), device=device)
     target = {"layer": layer}
-    with _frozen(model), seeded(config.seed):
+    with frozen(model), seeded(config.seed):
         params, image = fft_decorrelated_image(config.size, len(slots), device)
         with torch.no_grad():
             stride = max(1, config.size // activations(model, target, image())["layer"].shape[-1])
