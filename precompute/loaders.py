@@ -3,6 +3,7 @@ that says where the file belongs and how to make it, never a download."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -43,9 +44,30 @@ def load_tinyvision(spec: ModelSpec = TINYVISION) -> torch.nn.Module:
 def tinyvision_sample() -> torch.Tensor:
     """Held-out images, 30 per class: [510, 3, 64, 64] in [0, 1]."""
     from precompute.datasets.patterns import CLASSES, make_batch
-    from precompute.organisms.train_tinyvision import to_tensor
+    from precompute.datasets.images import to_tensor
 
     return to_tensor(make_batch(30 * len(CLASSES), "test", seed=0).images)
+
+
+@functools.cache
+def tinyvision_examples():
+    """The held-out images TinyVision's units are ranked on by default: 120 per class (2,040), patterns and photo
+    crops, none of them seen in training. Made once per process."""
+    from precompute.datasets.images import in_memory
+    from precompute.datasets.patterns import CLASSES, make_batch
+
+    return in_memory("tinyvision-heldout", "test", make_batch(120 * len(CLASSES), "test", seed=1).images)
+
+
+def demo_caricature_input(spec: ModelSpec = TINYVISION):
+    """The image the demo caricatures at every layer: scikit-image's photo of Chelsea the cat, whole, as the model's
+    input ([size, size, 3] uint8). TinyVision trained on crops of a part of it; the whole photo is new to it."""
+    import skimage.data
+    from PIL import Image
+
+    from precompute.datasets.images import prepare
+
+    return prepare(Image.fromarray(skimage.data.chelsea()), spec.preprocess)
 
 
 def load_tinylm(spec: ModelSpec) -> torch.nn.Module:

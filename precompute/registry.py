@@ -23,6 +23,24 @@ class LayerSpec:
     kind: str
     units: int
     shape: tuple[int, ...]  # activation shape for one input, [channels, h, w]
+    # vision: the layer's conv reads the previous layer's output as it is (no pooling, branch or residual between),
+    # so its weights from that layer are direct (``EdgeKind.WEIGHT``) rather than expanded
+    direct: bool = False
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a vision model's input (``precompute.datasets.images.prepare``): shorter side resized to
+    ``resize``, the centre ``size`` x ``size`` cut out, values in [0, 1] mapped linearly to ``value_range``."""
+
+    size: int
+    resize: int
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    def to_model(self, images):
+        """[batch, 3, size, size] in [0, 1] (a tensor) to the model's value range."""
+        low, high = self.value_range
+        return images if (low, high) == (0.0, 1.0) else images * (high - low) + low
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,10 @@ class ModelSpec:
     dataset: str  # "module:function" returning a sample of inputs for activation statistics
     card_file: Path | None = None
     weights: Path | None = None  # a user's weights file or directory (``--weights``), for loaders that take one
+    preprocess: Preprocess | None = None  # vision: how dataset images become inputs
+    # vision: "module:function" returning the ``precompute.datasets.images.ImageDataset`` units are ranked on when no
+    # --dataset is given
+    examples: str | None = None
 
     def layer(self, name: str) -> LayerSpec:
         for layer in self.layers:
@@ -54,6 +76,10 @@ class ModelSpec:
     def dataset_sample(self):
         """The sample of inputs; one for a user's weights gets this spec, as its tokenizer lives with the weights."""
         return _resolve(self.dataset)(*([self] if self.weights else []))
+
+    def default_examples(self):
+        """The built-in dataset the model's units are ranked on without --dataset."""
+        return _resolve(self.examples)()
 
     def summary(self) -> dict[str, Any]:
         return {"slug": self.slug, "title": self.title, "kind": self.kind, "source": self.source,
@@ -84,6 +110,8 @@ TINYVISION = ModelSpec(
     loader="precompute.loaders:load_tinyvision",
     dataset="precompute.loaders:tinyvision_sample",
     card_file=ORGANISMS / "tinyvision.json",
+    preprocess=Preprocess(size=64, resize=64),
+    examples="precompute.loaders:tinyvision_examples",
 )
 
 

@@ -12,7 +12,8 @@ import torch
 
 from precompute import loaders
 from precompute.datasets.patterns import CLASSES, make_batch
-from precompute.organisms.train_tinyvision import evaluate, to_tensor
+from precompute.datasets.images import to_tensor
+from precompute.organisms.train_tinyvision import evaluate
 from precompute.registry import TINYVISION
 
 CARD = TINYVISION.card()

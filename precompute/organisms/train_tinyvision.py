@@ -13,20 +13,16 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import typer
 from torch import nn
 
+from precompute.datasets.images import to_tensor
 from precompute.datasets.patterns import CLASSES, load_photos, make_batch
 from precompute.organisms.tinyvision import TinyVision
 
 HERE = Path(__file__).parent
 COMMAND = "python -m precompute.organisms.train_tinyvision"
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # [N, 3, 64, 64] in [0, 1]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[float]]:
