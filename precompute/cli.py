@@ -186,14 +186,20 @@ def precompute(
                                                                 "(default: render.pruning.PruneConfig's)."),
     k_coef: Optional[float] = typer.Option(None, min=0.0, help="Language: pruning's penalty per kept node (default: "
                                                                "render.pruning.PruneConfig's)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Vision: a folder of JPEG/PNG images to rank "
+                                                                   "units' dataset examples on, flat or one subfolder "
+                                                                   "per class (default: the model's built-in set)."),
+    caricature: list[Path] = typer.Option([], "--caricature", help="Vision: an image to caricature at every chosen "
+                                                                   "layer, shown on the layer page (repeatable)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     force: bool = typer.Option(False, "--force", help="Redo what the atlas already has of the selection and replace "
                                                       "it."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail if another precompute writes to the atlas, instead "
                                                           "of waiting for it."),
 ) -> None:
-    """Precompute a model's atlas: feature visualisations (vision), or token contexts, statistics, weights and task
-    circuits (language). Resumable: rerun the same command after an interrupt."""
+    """Precompute a model's atlas: dataset examples, weights, layer views and feature visualisations (vision), or token
+    contexts, statistics, weights and task circuits (language). Resumable: rerun the same command after an
+    interrupt."""
     try:
         spec = get_model(slug, weights)
         if not spec.layers:
@@ -207,6 +213,10 @@ def precompute(
                    f"layers are measured whole: choose them with --layers")
     if not language and tokens is not None:
         raise fail("--tokens is for language models; a vision model's sample is its held-out images")
+    if language and (dataset or caricature):
+        raise fail("--dataset and --caricature are for vision models; a language model reads its held-out text")
+    images = _dataset(dataset, spec.preprocess) if dataset else None
+    inputs = _caricature_inputs(caricature, spec.preprocess)
     if not language and (tasks or task_file or (target_loss, prune_steps, k_coef) != (None, None, None)):
         raise fail("--tasks, --task-file, --target-loss, --prune-steps and --k-coef are for language models' circuits")
     chosen_tasks = _chosen_tasks(tasks, task_file) if language else None
@@ -243,9 +253,51 @@ def precompute(
         if unknown := set(chosen) - set(OBJECTIVES):
             raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
         config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
-        request = job.Request(spec, atlas, selection, chosen, config, batch_size, device=_device(device), force=force,
-                              wait=not no_wait)
+        from precompute.datasets.images import to_tensor
+        from precompute.stages.layer_views import Input
+        from render.layer_views import ViewConfig
+
+        request = job.Request(spec, atlas, selection, chosen, config, batch_size, dataset=images,
+                              caricatures=tuple(Input(name, to_tensor(image[None])[0]) for name, image in inputs),
+                              views=ViewConfig(steps=steps, size=spec.preprocess.size, seed=seed), device=_device(device),
+                              force=force, wait=not no_wait)
     _run_precompute(request)
+
+
+def _dataset(path: Path, preprocess):
+    """The folder's images, checked (exit code 2 on a missing path, a file, a folder without images); unreadable
+    files are skipped and counted."""
+    from precompute.datasets.images import DatasetError, scan_folder
+
+    try:
+        found = scan_folder(path, preprocess)
+    except DatasetError as exc:
+        raise fail(str(exc)) from None
+    skipped = f"; {len(found.skipped)} unreadable file(s) skipped: {', '.join(found.skipped[:5])}" \
+        f"{' …' if len(found.skipped) > 5 else ''}" if found.skipped else ""
+    err.print(f"dataset {found.name}: {len(found):,} images ({found.layout}){skipped}")
+    return found
+
+
+def _caricature_inputs(paths: list[Path], preprocess) -> list[tuple[str, object]]:
+    """Each ``--caricature`` image as the model's input ([size, size, 3] uint8), named by its file's stem; exit code
+    2 for one that cannot be read or two with the same stem."""
+    if not paths:
+        return []
+    from PIL import Image, UnidentifiedImageError
+
+    from precompute.datasets.images import prepare
+
+    inputs = []
+    for path in paths:
+        try:
+            with Image.open(path) as picture:
+                inputs.append((path.stem, prepare(picture, preprocess)))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise fail(f"--caricature {path}: not a readable image ({exc})") from None
+    if len(names := [name for name, _ in inputs]) != len(set(names)):
+        raise fail(f"--caricature inputs need different file names (stems): {', '.join(names)}")
+    return inputs
 
 
 def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> None:
@@ -341,11 +393,15 @@ def demo(
     workers: int = typer.Option(_default_workers(), min=1, help="Server processes."),
 ) -> None:
     """Serve the embedded organisms' atlas at once and fill it while serving (resuming if it exists): both language
-    organisms' contexts, statistics, weights and task circuits, then TinyVision's feature visualisations; keep
-    serving when it is complete, until Ctrl-C."""
+    organisms' contexts, statistics, weights and task circuits, then TinyVision's dataset examples, weights, layer
+    views (DeepDream, a caricature of a photo) and feature visualisations; keep serving when it is complete, until
+    Ctrl-C."""
     _require_torch()
     from precompute import job
+    from precompute.datasets.images import to_tensor
     from precompute.lm.tasks import TASKS
+    from precompute.loaders import demo_caricature_input
+    from precompute.stages.layer_views import Input
     from render.featvis import RenderConfig
 
     specs = [get_model(slug) for slug in DEMO_MODELS]
@@ -355,10 +411,12 @@ def demo(
     specs = [spec for spec in specs if spec.layers]
     device = _device(device)
     demo_tasks = tuple(TASKS[name] for name in DEMO_TASKS)
+    caricature = Input("chelsea", to_tensor(demo_caricature_input()[None])[0])
     requests = [job.Request(spec, atlas, select(spec, None, None), tasks=demo_tasks, device=device)
                 if spec.kind == ModelKind.LANGUAGE
                 else job.Request(spec, atlas, select(spec, None, None), ["channel", "neuron"],
-                                 RenderConfig(steps=steps), 32, device=device) for spec in specs]
+                                 RenderConfig(steps=steps), 32, caricatures=(caricature,), device=device)
+                for spec in specs]
     server: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server child too, as for Ctrl-C
 

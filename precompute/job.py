@@ -1,6 +1,6 @@
 """The precompute job: write a model's layers and units into an atlas, then run its stages (``precompute.stages``):
-for a vision model dataset statistics and feature visualisations, for a language model token contexts, weights and
-task circuits.
+for a vision model dataset statistics, dataset examples, weights, layer views and feature visualisations, for a
+language model token contexts, weights and task circuits.
 
 Resumable by construction. Every stage plans from what the atlas lacks, under the writer lock, before anything is
 written; each item of its work (a render batch, a layer) is committed in one transaction with the run's progress,
@@ -19,16 +19,21 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from precompute.datasets.images import ImageDataset
 from precompute.lm.circuits import CircuitConfig
 from precompute.lm.tasks import TASKS, Task
 from precompute.registry import ModelSpec
 from precompute.stages import Job, Stage
 from precompute.stages.circuits import CircuitsStage
 from precompute.stages.contexts import ContextsConfig, ContextsStage
+from precompute.stages.examples import ExamplesConfig, ExamplesStage
 from precompute.stages.featvis import FeatvisStage
+from precompute.stages.kernels import KernelsStage
+from precompute.stages.layer_views import Input, LayerViewsStage
 from precompute.stages.stats import StatsStage
 from precompute.stages.weights import WeightsStage
 from render.featvis import RenderConfig
+from render.layer_views import ViewConfig
 from store import Atlas
 from store.keys import ModelKind
 from store.schema import Layer, Model, Run, Unit, utcnow
@@ -42,6 +47,10 @@ class Request:
     objectives: list[str] = field(default_factory=lambda: ["channel"])  # vision
     render: RenderConfig = RenderConfig()  # vision
     batch_size: int = 32  # vision: units rendered together
+    dataset: ImageDataset | None = None  # vision: the images units are ranked on (None: the model's built-in set)
+    examples: ExamplesConfig = ExamplesConfig()  # vision
+    caricatures: tuple[Input, ...] = ()  # vision: input images to caricature at every chosen layer
+    views: ViewConfig = ViewConfig()  # vision: DeepDream and caricatures
     contexts: ContextsConfig = ContextsConfig()  # language
     circuits: CircuitConfig = CircuitConfig()  # language
     tasks: tuple[Task, ...] | None = None  # language: the tasks to find circuits for (None: every registered one)
@@ -55,7 +64,13 @@ class Request:
         if self.spec.kind == ModelKind.LANGUAGE:
             return {**common, "contexts": asdict(self.contexts), "circuits": self.circuits.record(),
                     "tasks": [task.name for task in self.tasks] if self.tasks is not None else "all"}
-        return {**common, "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size}
+        return {**common, "objectives": self.objectives, "render": asdict(self.render), "batch_size": self.batch_size,
+                "dataset": self.images().provenance(), "examples": asdict(self.examples), "views": asdict(self.views),
+                "caricatures": [{"name": source.name, "sha256": source.sha256} for source in self.caricatures]}
+
+    def images(self) -> ImageDataset:
+        """The dataset a vision model's units are ranked on."""
+        return self.dataset or self.spec.default_examples()
 
 
 def stages(request: Request, job: Job) -> list[Stage]:
@@ -66,7 +81,8 @@ def stages(request: Request, job: Job) -> list[Stage]:
         tasks = list(request.tasks if request.tasks is not None else TASKS.values())
         return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks),
                 CircuitsStage(job, tasks, request.circuits)]
-    return [StatsStage(job, layers),
+    return [StatsStage(job, layers), ExamplesStage(job, layers, request.images(), request.examples),
+            KernelsStage(job, layers), LayerViewsStage(job, layers, request.caricatures, request.views),
             FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size)]
 
 
@@ -75,7 +91,8 @@ class Progress:
     """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas. Counts
     are over all its stages, in what they count: images for a vision model, units for a language model."""
 
-    stage: str  # the stage at work ("stats", "render"; "contexts", "weights", "circuits"), then "done"
+    stage: str  # the stage at work ("stats", "examples", "weights", "layer views", "render"; "contexts", "weights",
+    # "circuits"), then "done"
     planned: int  # counted things the request asks for
     kept: int  # of them already in the atlas, intact
     todo: int  # of them to make: planned - kept

@@ -19,9 +19,33 @@ import httpx
 import pytest
 
 ATLASCOPE = [sys.executable, "-m", "precompute.cli"]
+
+
+def write_class_folders(root: Path, per_class: int) -> Path:
+    """A dataset folder as torchvision's ImageFolder lays it out: ``per_class`` held-out TinyVision images (PNG) in
+    one subfolder per class. Deterministic bytes; no torch needed."""
+    from PIL import Image
+
+    from precompute.datasets.patterns import CLASSES, make_batch
+
+    batch = make_batch(per_class * len(CLASSES), "test", seed=7)
+    for index, (image, label) in enumerate(zip(batch.images, batch.labels)):
+        folder = root / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:03d}.png")
+    return root
+
+
+# The tests' dataset: 68 images, so a precompute's examples pass and the images it stores stay small (the built-in
+# 2,040 are tested in test_vision_precompute.py). Made once per test session, removed at its end.
+SMALL_DATASET = write_class_folders(Path(tempfile.mkdtemp(prefix="atlascope-test-dataset-")), per_class=4)
 # Small enough for CI on two cores, big enough to leave some units of every layer unrendered.
 SHORT_PRECOMPUTE = ["--layers", "conv1,conv2,conv4", "--units", "0-7", "--steps", "128", "--objectives",
-                    "channel,neuron", "--batch-size", "4", "--device", "cpu"]
+                    "channel,neuron", "--batch-size", "4", "--dataset", str(SMALL_DATASET), "--device", "cpu"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SMALL_DATASET, ignore_errors=True)
 
 
 def atlascope(*args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -17,11 +17,12 @@ import pytest
 
 from store import Atlas
 from store.schema import Asset
-from tests.conftest import ATLASCOPE
+from tests.conftest import ATLASCOPE, SMALL_DATASET
 from tests.damage import foreign_index, garbage_index, partly_garbage_index, snapshot, truncated_index
 
 # Something left to render in the short atlas, so a check that let the run through would change it.
-WORK = ["tinyvision", "--layers", "conv3", "--units", "0-7", "--steps", "8", "--batch-size", "2", "--device", "cpu"]
+WORK = ["tinyvision", "--layers", "conv3", "--units", "0-7", "--steps", "8", "--batch-size", "2", "--dataset",
+        str(SMALL_DATASET), "--device", "cpu"]
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_no_wait_refuses_while_another_run_writes(atlas_dir: Path, tmp_path: Pat
 
 
 FULL_DISK = r"""
-mount -t tmpfs -o size=4m tmpfs "$DISK" || exit 97
+mount -t tmpfs -o size=64m tmpfs "$DISK" || exit 97
 cp -a "$ATLAS" "$DISK/a" && cd "$DISK" || exit 98
 snapshot() { find a -printf '%p %y\n' | sort; find a -type f -exec sha256sum {} + | sort; }
 snapshot > before

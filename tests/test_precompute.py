@@ -20,10 +20,11 @@ import pytest
 
 from store import FORMAT_VERSION, Atlas, AtlasError
 from store.schema import Base
-from tests.conftest import ATLASCOPE, SHORT_PRECOMPUTE, atlascope
+from tests.conftest import ATLASCOPE, SHORT_PRECOMPUTE, SMALL_DATASET, atlascope
 from tests.damage import killed_mid_commit, orphan_blob, tmp_file, unreferenced_asset
 
-TINY = ["--layers", "conv1", "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--device", "cpu"]
+TINY = ["--layers", "conv1", "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--dataset",
+        str(SMALL_DATASET), "--device", "cpu"]
 
 
 def images(atlas: Path) -> set[tuple[str, int, str, str]]:
@@ -40,12 +41,18 @@ def count_images(atlas: Path) -> int:
         return 0
 
 
+# Every column that names an asset: images of units and layers, examples' images, edges' kernels, caricatures' inputs
+ASSET_COLUMNS = ("unit_images.asset_sha256", "examples.asset_sha256", "edges.asset_sha256",
+                 "layer_images.asset_sha256", "layer_images.source_sha256")
+
+
 def assert_consistent(atlas: Path) -> None:
-    """Every indexed asset is a complete blob whose bytes hash to its name and a unit image uses it; there are no
-    other blob files and no temporary files."""
+    """Every indexed asset is a complete blob whose bytes hash to its name and a row uses it; there are no other blob
+    files and no temporary files."""
     with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
         assets = dict(db.execute("SELECT sha256, size FROM assets").fetchall())
-        used = {sha for sha, in db.execute("SELECT asset_sha256 FROM unit_images")}
+        used = {sha for column in ASSET_COLUMNS for sha, in db.execute(
+            f"SELECT {column.split('.')[1]} FROM {column.split('.')[0]} WHERE {column.split('.')[1]} IS NOT NULL")}
     for sha, size in assets.items():
         blob = (atlas / "blobs" / sha[:2] / sha).read_bytes()
         assert len(blob) == size and hashlib.sha256(blob).hexdigest() == sha
@@ -152,7 +159,8 @@ def test_force_replaces_only_the_selection(atlas_dir: Path, tmp_path: Path):
     shutil.copytree(atlas_dir, atlas)
     before = images(atlas)
     done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), "--layers", "conv1", "--units", "0-3",
-                     "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--device", "cpu", "--force")
+                     "--objectives", "channel", "--steps", "8", "--batch-size", "4", "--dataset", str(SMALL_DATASET),
+                     "--device", "cpu", "--force")
     assert done.returncode == 0, done.stderr
     after = images(atlas)
     changed = {(layer, unit, kind) for layer, unit, kind, _ in after - before}
@@ -221,7 +229,8 @@ def test_missing_and_damaged_blobs_are_rendered_again(atlas_dir: Path, tmp_path:
     blobs[1].write_bytes(blobs[1].read_bytes()[:100])
     blobs[2].write_bytes(bytes(len(blobs[2].read_bytes())))  # the right size, the wrong bytes
     done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), "--layers", "conv1", "--units", "0-3",
-                     "--objectives", "channel", "--steps", "128", "--batch-size", "4", "--device", "cpu")
+                     "--objectives", "channel", "--steps", "128", "--batch-size", "4", "--dataset", str(SMALL_DATASET),
+                     "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert "4 images planned, 1 already in" in done.stderr and rendered(done) == 3
     assert images(atlas) == images(atlas_dir)  # renders are deterministic: the same hashes as before the damage
@@ -233,6 +242,7 @@ def test_a_version_1_atlas_is_upgraded_in_place(atlas_dir: Path, tmp_path: Path)
     shutil.copytree(atlas_dir, atlas)
     with sqlite3.connect(atlas / "atlas.db") as db:
         db.execute("ALTER TABLE runs DROP COLUMN progress")
+        db.execute("DROP TABLE layer_images")  # version 4's
         db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     with pytest.raises(AtlasError, match="format version 1.*precompute.*upgrades it in place"):
         Atlas.open_readonly(atlas)
@@ -246,8 +256,9 @@ def test_a_version_1_atlas_is_upgraded_in_place(atlas_dir: Path, tmp_path: Path)
     assert progress[0] == {} and progress[-1]["stage"] == "done"  # runs of before the upgrade have no progress
 
 
-# The tables version 3 changed, as version 2 made them
+# The tables version 3 changed, as version 2 made them (and without version 4's)
 VERSION_2_TABLES = [
+    "DROP TABLE layer_images",
     "DROP TABLE edges", "DROP TABLE circuit_nodes", "DROP TABLE circuits",
     "CREATE TABLE circuits (id INTEGER NOT NULL, model_id INTEGER NOT NULL, slug VARCHAR(128) NOT NULL, task "
     "VARCHAR(128) NOT NULL, target_loss FLOAT NOT NULL, loss FLOAT NOT NULL, n_nodes INTEGER NOT NULL, n_edges INTEGER "
@@ -277,7 +288,8 @@ def test_a_version_2_atlas_keeps_its_edges_and_gains_circuit_edges(atlas_dir: Pa
         assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION),)
         assert db.execute("SELECT src_unit_id, dst_unit_id, kind, weight, circuit_id FROM edges ORDER BY id").fetchall() \
             == [(1, 2, "weight", 0.5, None), (2, 3, "weight", -1.5, None)]
-        columns = {table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")] for table in ("edges", "circuits")}
+        columns = {table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+                   for table in ("edges", "circuits", "layer_images")}
         indexes = {row[1] for row in db.execute("PRAGMA index_list(edges)")}
     db = sqlite3.connect(atlas / "atlas.db")
     with pytest.raises(sqlite3.IntegrityError):  # the model's edges stay unique

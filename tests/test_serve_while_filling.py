@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ATLASCOPE, CHROMIUM, serving
+from tests.conftest import ATLASCOPE, CHROMIUM, SMALL_DATASET, serving
 
 SLOW_PRECOMPUTE = ["--layers", "conv1", "--units", "0-7", "--objectives", "channel", "--steps", "256",
-                   "--batch-size", "2", "--device", "cpu"]  # four commits, seconds apart: the server starts in time
+                   "--batch-size", "2", "--dataset", str(SMALL_DATASET), "--device", "cpu"]  # four commits, seconds apart: the server starts in time
 
 
 def has_model(atlas: Path) -> bool:

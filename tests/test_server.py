@@ -121,6 +121,29 @@ def test_unit_page(client: httpx.Client, unit: dict):
             assert "Not computed yet." in html
 
 
+def test_a_vision_unit_shows_its_dataset_examples_and_weights(client: httpx.Client, model: dict):
+    """On the real precompute (the tests' 68-image dataset folder): a conv2 unit's twin and page carry its top and
+    middle examples as boxes into whole images, and its strongest conv1 inputs as kernels beside their images."""
+    body = assert_twin(client, f"{model['model']['url']}/conv2/3")
+    top = [e for e in body["examples"] if e["kind"] == "top"]
+    middle = [e for e in body["examples"] if e["kind"] == "middle"]
+    assert [e["rank"] for e in top] == list(range(32)) and 0 < len(middle) <= 6
+    assert [e["activation"] for e in top] == sorted((e["activation"] for e in top), reverse=True)
+    q25, _, q75 = body["stats"]["quartiles"]
+    assert all(q25 - 1e-4 <= e["activation"] <= q75 + 1e-4 for e in middle)
+    for example in top[:4]:
+        left, top_, right, bottom = example["box"]
+        assert 0 <= left < right <= 64 and 0 <= top_ < bottom <= 64 and example["image"]["width"] == 64
+        assert client.get(example["image"]["url"]).content.startswith(b"\x89PNG")
+    inputs = body["edges"]["in"]["shown"]
+    assert inputs and all(e["kind"] == "expanded_weight" and e["image"] for e in inputs)
+    assert [abs(e["weight"]) for e in inputs] == sorted((abs(e["weight"]) for e in inputs), reverse=True)
+    assert any(e["thumbnail"] for e in inputs)  # conv1 units 0-7 have feature visualisations
+    html = client.get(body["url"]).text
+    assert "Dataset examples" in html and "Weights" in html
+    assert top[0]["image"]["url"] in html and inputs[0]["image"]["url"] in html and inputs[0]["unit"]["url"] in html
+
+
 def test_unit_image_is_the_hashed_blob(client: httpx.Client, unit: dict):
     image = unit["images"][0]
     response = client.get(image["url"])

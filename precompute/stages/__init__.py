@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from precompute.registry import ModelSpec
 from store import Atlas
-from store.schema import Layer, Unit
+from render.images import to_png
+from store.schema import Asset, Layer, Unit
 
 
 @dataclass
@@ -69,3 +70,24 @@ class Job:
         rows = session.execute(select(Unit.index, Unit.id).join(Layer).where(
             Layer.model_id == self.model_id, Layer.name == layer))
         return {index: unit_id for index, unit_id in rows}
+
+    def image_asset(self, session: Session, image: torch.Tensor) -> str:
+        """Store ``image`` ([3, h, w] in [0, 1]) as a PNG blob with its asset row, once however many rows use it;
+        returns its sha256, which the rows that use it name in the same transaction."""
+        return self.image_assets(session, [image])[0]
+
+    def image_assets(self, session: Session, images: list[torch.Tensor]) -> list[str]:
+        """``image_asset`` for many images at once: one query for the asset rows that exist and one insert for the
+        rest, instead of a lookup and a flush per image (thousands of kernel pictures per layer pair)."""
+        pngs = [to_png(image) for image in images]
+        shas = [self.atlas.put_blob(png) for png in pngs]
+        wanted = dict(zip(shas, zip(pngs, images)))
+        present = set()
+        for start in range(0, len(wanted), 500):  # SQLite caps the parameters of one statement
+            chunk = list(wanted)[start:start + 500]
+            present.update(session.scalars(select(Asset.sha256).where(Asset.sha256.in_(chunk))))
+        new = [{"sha256": sha, "media_type": "image/png", "size": len(png), "width": image.shape[-1],
+                "height": image.shape[-2]} for sha, (png, image) in wanted.items() if sha not in present]
+        if new:
+            session.execute(insert(Asset), new)
+        return shas

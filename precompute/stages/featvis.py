@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from precompute.plan import Batch, batches
 from precompute.stages import Job, Plan
 from render.featvis import RenderConfig, Rendered, render_units
-from render.images import to_png
 from store.schema import Asset, Layer, Unit, UnitImage
 
 
@@ -66,7 +65,6 @@ class FeatvisStage:
     def save(self, session: Session, item: Work, rendered: Rendered) -> int:
         """Store the images of ``item.save`` from a rendered batch, replacing those units' rows (missing, damaged or
         forced); the batch's other images stay as they are."""
-        atlas = self.job.atlas
         unit_ids = self.job.unit_ids(session, item.batch.layer.name)
         session.execute(delete(UnitImage).where(UnitImage.kind == item.batch.objective,
                                                 UnitImage.unit_id.in_([unit_ids[u] for u in item.save]))
@@ -74,12 +72,7 @@ class FeatvisStage:
         for unit, image, activation in zip(item.batch.units, rendered.images, rendered.activations.tolist()):
             if unit not in item.save:
                 continue
-            png = to_png(image)
-            sha = atlas.put_blob(png)
-            if session.get(Asset, sha) is None:
-                session.add(Asset(sha256=sha, media_type="image/png", size=len(png),
-                                  width=image.shape[-1], height=image.shape[-2]))
-                session.flush()
-            session.add(UnitImage(unit_id=unit_ids[unit], kind=item.batch.objective, asset_sha256=sha,
+            session.add(UnitImage(unit_id=unit_ids[unit], kind=item.batch.objective,
+                                  asset_sha256=self.job.image_asset(session, image),
                                   params={**rendered.params, "weights_sha256": self.weights}, activation=activation))
         return len(item.save)
