@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, ColumnElement, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
-                        exists, text)
+                        select, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a change to the tables makes older atlases unreadable by this code, and add its step to MIGRATIONS.
@@ -245,5 +245,8 @@ def unreferenced_assets() -> list[ColumnElement[bool]]:
     that uses it, so an unreferenced one is garbage (an image replaced by --force or re-rendered). Found from the
     foreign keys, so a table that starts pointing at assets is counted without a change here."""
     target = Asset.__table__.c.sha256
-    return [~exists().where(column == target) for table in Base.metadata.tables.values() for column in table.columns
-            if any(key.column is target for key in column.foreign_keys)]
+    # NOT IN a subquery, which SQLite runs once into a temporary index, rather than a correlated NOT EXISTS, which
+    # scans the (unindexed) referencing column once per asset: minutes for thousands of assets and 100,000s of edges.
+    # NULLs are left out of the subquery: one would make every NOT IN unknown.
+    return [target.not_in(select(column).where(column.is_not(None))) for table in Base.metadata.tables.values()
+            for column in table.columns if any(key.column is target for key in column.foreign_keys)]
