@@ -259,8 +259,8 @@ def precompute(
 
         request = job.Request(spec, atlas, selection, chosen, config, batch_size, dataset=images,
                               caricatures=tuple(Input(name, to_tensor(image[None])[0]) for name, image in inputs),
-                              views=ViewConfig(steps=steps, size=spec.preprocess.size, seed=seed), device=_device(device),
-                              force=force, wait=not no_wait)
+                              views=ViewConfig(steps=steps, size=spec.preprocess.size, seed=seed),
+                              device=_device(device), force=force, wait=not no_wait)
     _run_precompute(request)
 
 

@@ -3,10 +3,10 @@
 A unit's activation on an image is its channel's spatial max, located at a cell of the activation grid (as
 Microscope located its examples). Each batch updates, per layer, a running top-k by a ``topk`` over the kept k and the
 batch's values together: a few tensor operations per layer and batch, no per-unit or per-image Python. Fed from a
-forward hook (``render.hooks.stream``), each layer's activations are reduced as they are made and then dropped. The same pass
-keeps every unit's value on a seeded sample of the images, from which the unit's quartiles come and the "middle"
-examples are drawn: images whose activation lies between the unit's quartiles, so that a reader can tell a selective
-unit (middle examples barely move it) from a busy one.
+forward hook (``render.hooks.stream``), each layer's activations are reduced as they are made and then dropped. The
+same pass keeps every unit's value on a seeded sample of the images, from which the unit's quartiles come and the
+"middle" examples are drawn: images whose activation lies between the unit's quartiles, so that a reader can tell a
+selective unit (middle examples barely move it) from a busy one.
 
 Activations come in one shape for conv and token layers: [batch, units, positions].
 """
@@ -74,8 +74,8 @@ class _Running:
 
 
 class ExampleCollector:
-    """Feed it each batch's activations of every layer (``update``, or ``update_layer`` from a hook as the forward
-    pass makes them); ``ranked(layer)`` once the pass is over.
+    """Feed it each batch's activations of every layer (``update_layer``, from a hook as the forward pass makes
+    them); ``ranked(layer)`` once the pass is over.
 
     ``sample``: the dataset positions whose values are kept for quartiles and middle examples (a seeded draw, so
     runs agree). ``middle``: middle examples per unit, drawn with ``seed``.
@@ -97,11 +97,6 @@ class ExampleCollector:
         """acts: [batch, units, positions] of one layer; images: [batch] the dataset positions of the batch."""
         images = images.to(self.device)
         self.layers[name].update(acts, images, torch.isin(images, self.sample))
-
-    def update(self, activations: dict[str, torch.Tensor], images: torch.Tensor) -> None:
-        """activations: layer -> [batch, units, positions]; images: [batch] the dataset positions of the batch."""
-        for name, acts in activations.items():
-            self.update_layer(name, acts, images)
 
     def ranked(self, layer: str) -> Ranked:
         running = self.layers[layer]

@@ -10,7 +10,7 @@ from render.examples import ExampleCollector, sample_positions
 def _pass(acts: torch.Tensor, k: int, sample: torch.Tensor, middle: int, batch: int) -> ExampleCollector:
     collector = ExampleCollector({"layer": acts.shape[1]}, k=k, sample=sample, middle=middle, seed=3)
     for start in range(0, len(acts), batch):
-        collector.update({"layer": acts[start:start + batch]}, torch.arange(start, min(start + batch, len(acts))))
+        collector.update_layer("layer", acts[start:start + batch], torch.arange(start, min(start + batch, len(acts))))
     return collector
 
 

@@ -205,7 +205,8 @@ def test_another_dataset_ranks_the_chosen_layers_again(atlas: Path, dataset: Pat
     copy = tmp_path / "atlas"
     shutil.copytree(atlas, copy)
     done = atlascope("precompute", "tinyvision", "--atlas", str(copy), "--dataset", str(SMALL_DATASET),
-                     "--layers", "conv2", "--units", "0-3", "--objectives", "channel", "--steps", "4", "--device", "cpu")
+                     "--layers", "conv2", "--units", "0-3", "--objectives", "channel", "--steps", "4",
+                     "--device", "cpu")
     assert done.returncode == 0, done.stderr
     datasets = dict(query(copy, "SELECT l.name, group_concat(DISTINCT json_extract(e.source, '$.dataset')) FROM "
                                 "examples e JOIN units u ON u.id = e.unit_id JOIN layers l ON l.id = u.layer_id "

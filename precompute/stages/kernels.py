@@ -71,8 +71,8 @@ class KernelsStage:
         net, spec = self.job.net, self.job.spec
         shape = (3, spec.preprocess.size, spec.preprocess.size)
         for item in items:
-            kernels = expanded_weights(net, net.get_submodule(item.source.module), net.get_submodule(item.reader.module),
-                                       shape, self.job.device).weights.cpu()  # [reader units, source units, h, w]
+            source, reader = net.get_submodule(item.source.module), net.get_submodule(item.reader.module)
+            kernels = expanded_weights(net, source, reader, shape, self.job.device).weights.cpu()  # [dst, src, h, w]
             pairs, weights = strongest(kernels, STRONGEST)
             kept = kernels[pairs[:, 0], pairs[:, 1]]  # [E, h, w]
             scale = kept.abs().flatten().quantile(SCALE_QUANTILE).item() or 1.0

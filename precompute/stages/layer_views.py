@@ -62,7 +62,8 @@ class LayerViewsStage:
             select(Layer.name, LayerImage.kind, LayerImage.name, LayerImage.source_sha256).join(Layer)
             .where(Layer.model_id == self.job.model_id))}
         wanted = [LayerView(layer, LayerImageKind.DEEPDREAM) for layer in self.layers]
-        wanted += [LayerView(layer, LayerImageKind.CARICATURE, source) for layer in self.layers for source in self.inputs]
+        wanted += [LayerView(layer, LayerImageKind.CARICATURE, source)
+                   for layer in self.layers for source in self.inputs]
         pending = [view for view in wanted if self.job.force or (view.layer.name, view.kind, view.name) not in made
                    or (view.source and made[view.layer.name, view.kind, view.name] != view.source.sha256)]
         return Plan(pending)
