@@ -284,16 +284,13 @@ def _caricature_inputs(paths: list[Path], preprocess) -> list[tuple[str, object]
     2 for one that cannot be read or two with the same stem."""
     if not paths:
         return []
-    from PIL import Image, UnidentifiedImageError
-
-    from precompute.datasets.images import prepare
+    from precompute.datasets.images import UNREADABLE, load
 
     inputs = []
     for path in paths:
         try:
-            with Image.open(path) as picture:
-                inputs.append((path.stem, prepare(picture, preprocess)))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            inputs.append((path.stem, load(path, preprocess)))
+        except UNREADABLE as exc:
             raise fail(f"--caricature {path}: not a readable image ({exc})") from None
     if len(names := [name for name, _ in inputs]) != len(set(names)):
         raise fail(f"--caricature inputs need different file names (stems): {', '.join(names)}")

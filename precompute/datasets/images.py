@@ -26,6 +26,8 @@ from precompute.registry import Preprocess
 from store.keys import DatasetKey
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
+# What Pillow raises for a file that is not an image it can decode (truncated, corrupt, another format)
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +44,12 @@ def prepare(picture: Image.Image, preprocess: Preprocess) -> np.ndarray:
         picture = picture.resize((width, height), Image.BILINEAR, reducing_gap=3.0)
     left, top = (picture.width - preprocess.size) // 2, (picture.height - preprocess.size) // 2
     return np.array(picture.crop((left, top, left + preprocess.size, top + preprocess.size)))
+
+
+def load(path: Path, preprocess: Preprocess) -> np.ndarray:
+    """One image file as the model's input, [size, size, 3] uint8; raises one of ``UNREADABLE`` if it cannot be."""
+    with Image.open(path) as picture:
+        return prepare(picture, preprocess)
 
 
 @dataclass
@@ -120,7 +128,7 @@ def scan_folder(root: Path, preprocess: Preprocess) -> ImageDataset:
         try:
             with Image.open(path) as picture:
                 picture.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        except UNREADABLE:
             skipped.append(relative)
             continue
         digest.update(relative.encode() + b"\0" + path.read_bytes())
@@ -132,9 +140,8 @@ def scan_folder(root: Path, preprocess: Preprocess) -> ImageDataset:
         images, read_ok = [], []
         for position in positions:
             try:
-                with Image.open(root / readable[position]) as picture:
-                    images.append(prepare(picture, preprocess))
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                images.append(load(root / readable[position], preprocess))
+            except UNREADABLE as exc:
                 log.warning("skipping image %s that failed to decode: %s", readable[position], exc)
                 continue
             read_ok.append(position)
