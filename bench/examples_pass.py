@@ -84,7 +84,7 @@ def main() -> None:
 
     def inputs():
         for images, _ in dataset.batches(args.batch):
-            yield preprocess.to_model(to_tensor(images))  # [batch, 3, size, size], as the pass makes them
+            yield to_tensor(images)  # [batch, 3, size, size], as the pass makes them
 
     def forward() -> None:
         with torch.no_grad():
@@ -99,7 +99,7 @@ def main() -> None:
     collectors = []
 
     def examples() -> None:
-        collectors.append(examples_pass(net, modules, units, dataset, preprocess, config, device))
+        collectors.append(examples_pass(net, modules, units, dataset, config, device))
 
     best = {"forward": float("inf"), "cut forward": float("inf"), "pass": float("inf")}
     for _ in range(args.repeats):

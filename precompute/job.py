@@ -81,7 +81,7 @@ def stages(request: Request, job: Job) -> list[Stage]:
         tasks = list(request.tasks if request.tasks is not None else TASKS.values())
         return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks),
                 CircuitsStage(job, tasks, request.circuits)]
-    return [StatsStage(job, layers), ExamplesStage(job, layers, request.images(), request.examples),
+    return [StatsStage(job, layers, request.images()), ExamplesStage(job, layers, request.images(), request.examples),
             KernelsStage(job, layers), LayerViewsStage(job, layers, request.caricatures, request.views),
             FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size)]
 
@@ -129,11 +129,13 @@ def register(spec: ModelSpec, atlas: Path, wait: bool = True, on_wait: Callable[
 
 def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, todo: None,
         on_saved: Callable[[str, int], None] = lambda label, saved: None,
-        on_wait: Callable[[], None] = lambda: None, on_report: Callable[[str], None] = lambda current: None) -> int:
+        on_wait: Callable[[], None] = lambda: None, on_report: Callable[[str], None] = lambda current: None,
+        on_layers: Callable[[dict[str, int]], None] = lambda todo: None) -> int:
     """Do the request; returns the number of counted things (images, units) this run saved. ``on_plan(total, todo)``
     gets the counts once the writer lock is held, ``on_saved(label, saved)`` follows every saved item,
     ``on_report(current)`` every word a stage gives between saves, ``on_wait()`` says that another writer holds the
-    atlas and this run waits for it."""
+    atlas and this run waits for it, ``on_layers(todo)`` gives the counted things to make per layer (vision: the
+    feature visualisations), right after ``on_plan``."""
     with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
         with atlas.sessions.begin() as session:
             model = _ensure_model(session, request.spec)
@@ -155,6 +157,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
 
         job.report = report
         on_plan(total, total - kept)
+        on_layers({layer: todo for _, plan in planned for layer, todo in plan.by_layer.items()})
         job.net  # noqa: B018 -- load (and check) the weights before any stage, even one with nothing to do
         for stage, plan in planned:
             if not plan.items:

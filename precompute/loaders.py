@@ -9,11 +9,7 @@ from pathlib import Path
 
 import torch
 
-from precompute.registry import TINYVISION, ModelSpec
-
-
-class WeightsError(Exception):
-    pass
+from precompute.registry import TINYVISION, ModelSpec, WeightsError
 
 
 def verified_file(path: Path, sha256: str | None, remedy: str) -> Path:

@@ -16,6 +16,10 @@ from store.keys import CardKey, LayerKind, ModelKind
 ORGANISMS = Path(__file__).parent / "organisms"
 
 
+class WeightsError(Exception):
+    """A model's weights are missing, altered or do not fit it (the message says how to fix it)."""
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     name: str  # URL-safe name shown in the atlas
@@ -30,17 +34,47 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes a vision model's input (``precompute.datasets.images.prepare``): shorter side resized to
-    ``resize``, the centre ``size`` x ``size`` cut out, values in [0, 1] mapped linearly to ``value_range``."""
+    """How an image becomes a vision model's input. ``precompute.datasets.images.prepare`` resizes the shorter side
+    to ``resize`` and cuts out the centre ``size`` x ``size``; every stage then works on RGB values in [0, 1], which
+    ``precompute.adapters.taking_unit_images`` maps to the model's input in front of its first layer: channels
+    reversed when ``bgr`` (Caffe), [0, 1] mapped linearly to ``value_range``, then minus ``mean`` and divided by
+    ``std`` per channel (in the model's channel order)."""
 
     size: int
     resize: int
     value_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    bgr: bool = False
 
-    def to_model(self, images):
-        """[batch, 3, size, size] in [0, 1] (a tensor) to the model's value range."""
+    @property
+    def is_identity(self) -> bool:
+        return (self.value_range, self.mean, self.std, self.bgr) == ((0.0, 1.0), (0.0,) * 3, (1.0,) * 3, False)
+
+    def affine(self) -> tuple[list[float], list[float]]:
+        """(shift, scale) per channel with model input = x * scale + shift for x in [0, 1] (after any BGR flip)."""
         low, high = self.value_range
-        return images if (low, high) == (0.0, 1.0) else images * (high - low) + low
+        return ([(low - m) / s for m, s in zip(self.mean, self.std)],
+                [(high - low) / s for s in self.std])
+
+    def describe(self) -> dict[str, Any]:
+        return {"size": self.size, "resize": self.resize, "value_range": list(self.value_range),
+                "mean": list(self.mean), "std": list(self.std), "channels": "BGR" if self.bgr else "RGB"}
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a registered model's published weights come from (``precompute.weights`` finds, checks and, when the
+    network allows, downloads them)."""
+
+    file: str  # the file name looked for (in --weights DIR, $ATLASCOPE_WEIGHTS_DIR, torch's hub cache)
+    url: str  # where its publisher serves it
+    format: str  # "state_dict" (torch.save), "safetensors", "caffemodel"
+    # the publisher's sha256, whole or its first hex digits (torch hub's file names carry 8 of them); None when the
+    # publisher gives none, and then the sha256 of the file read is recorded on the model page instead
+    sha256: str | None = None
+    hf_repo: str | None = None  # a Hugging Face repository holding ``file`` (timm's weights), for its cache
+    note: str = ""  # how these weights relate to the ones Microscope rendered
 
 
 @dataclass(frozen=True)
@@ -52,13 +86,20 @@ class ModelSpec:
     source: str  # where the weights come from
     layers: tuple[LayerSpec, ...]
     loader: str  # "module:function" returning the nn.Module in eval mode, on the CPU
-    dataset: str  # "module:function" returning a sample of inputs for activation statistics
+    # "module:function" returning a sample of inputs for activation statistics; None: a vision model's statistics
+    # come from the dataset its examples are ranked on
+    dataset: str | None = None
     card_file: Path | None = None
     weights: Path | None = None  # a user's weights file or directory (``--weights``), for loaders that take one
     preprocess: Preprocess | None = None  # vision: how dataset images become inputs
     # vision: "module:function" returning the ``precompute.datasets.images.ImageDataset`` units are ranked on when no
     # --dataset is given
     examples: str | None = None
+    weights_source: WeightSource | None = None  # published weights to look for (registered organisms)
+    random_weights: bool = False  # seeded random weights, asked for with --random-weights: labelled untrained
+    seed: int = 0  # seeds random weights
+    card_data: dict[str, Any] | None = None  # added to the card: the weights read, a user model's definition
+    microscope: str | None = None  # the model's slug on OpenAI Microscope, when it was one of its organisms
 
     def layer(self, name: str) -> LayerSpec:
         for layer in self.layers:
@@ -67,14 +108,24 @@ class ModelSpec:
         raise KeyError(f"model {self.slug!r} has no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
 
     def card(self) -> dict[str, Any]:
-        return json.loads(self.card_file.read_text()) if self.card_file else {}
+        card = json.loads(self.card_file.read_text()) if self.card_file else {}
+        return {**card, **(self.card_data or {})}
 
     def load(self):
-        """The model in eval mode on the CPU; the loader gets this spec (for ``weights`` and the card)."""
-        return _resolve(self.loader)(self)
+        """The model in eval mode on the CPU, taking RGB images in [0, 1] if it is a vision model (its
+        ``preprocess`` applied in front of it); the loader gets this spec (for ``weights`` and the card)."""
+        net = _resolve(self.loader)(self)
+        if self.preprocess is None:
+            return net
+        from precompute.adapters import taking_unit_images
+
+        return taking_unit_images(net, self.preprocess)
 
     def dataset_sample(self):
-        """The sample of inputs; one for a user's weights gets this spec, as its tokenizer lives with the weights."""
+        """The sample of inputs (None when the model has none of its own); one for a user's weights gets this spec,
+        as its tokenizer lives with the weights."""
+        if self.dataset is None:
+            return None
         return _resolve(self.dataset)(*([self] if self.weights else []))
 
     def default_examples(self):
@@ -82,7 +133,12 @@ class ModelSpec:
         return _resolve(self.examples)()
 
     def summary(self) -> dict[str, Any]:
+        published = self.weights_source
         return {"slug": self.slug, "title": self.title, "kind": self.kind, "source": self.source,
+                "microscope": self.microscope,
+                "weights": {"file": published.file, "url": published.url, "sha256": published.sha256,
+                            "format": published.format} if published else None,
+                "input": self.preprocess.describe() if self.preprocess else None,
                 "units": sum(l.units for l in self.layers),
                 "layers": [{"name": l.name, "kind": l.kind, "units": l.units, "shape": list(l.shape)}
                            for l in self.layers]}
@@ -197,20 +253,28 @@ def openai_csp(weights: Path) -> ModelSpec:
     )
 
 
-REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in (TINYVISION, TINYLM_SPARSE, TINYLM_DENSE, OPENAI_CSP)}
+def _registered() -> tuple[ModelSpec, ...]:
+    from precompute.zoo import ORGANISMS
+
+    return (TINYVISION, TINYLM_SPARSE, TINYLM_DENSE, OPENAI_CSP, *ORGANISMS)
+
+
+REGISTRY: dict[str, ModelSpec] = {spec.slug: spec for spec in _registered()}
 WITH_WEIGHTS = {OPENAI_CSP.slug: openai_csp}  # entries whose weights are a user's directory: spec factories
 DEFAULT_MODEL = TINYVISION.slug
 
 
 def get_model(slug: str, weights: Path | None = None) -> ModelSpec:
-    """The registered model; for an entry of ``WITH_WEIGHTS`` the spec of the user's ``weights`` (which it needs)."""
+    """The registered model; for an entry of ``WITH_WEIGHTS`` the spec of the user's ``weights`` (which it needs).
+    An organism with published weights is returned as registered: ``precompute.weights.resolved`` finds them."""
     try:
         spec = REGISTRY[slug]
     except KeyError:
         raise KeyError(f"unknown model {slug!r}; registered: {', '.join(REGISTRY)}") from None
     factory = WITH_WEIGHTS.get(slug)
-    if factory is None and weights is not None:
-        raise KeyError(f"model {slug!r} comes with its weights; --weights is for {', '.join(WITH_WEIGHTS)}")
+    if factory is None and weights is not None and spec.weights_source is None:
+        raise KeyError(f"model {slug!r} comes with its weights; --weights is for {', '.join(WITH_WEIGHTS)} and the "
+                       f"organisms with published weights")
     if factory is not None and weights is None:
         raise KeyError(f"model {slug!r} needs --weights DIR; its weights are {spec.source}")
     return factory(weights) if factory else spec

@@ -19,8 +19,24 @@ with warnings.catch_warnings():
     from lucent.optvis import transform as _transform
     from lucent.optvis.param import color as _color
     from lucent.optvis.param import spatial as _spatial
+    from lucent.modelzoo.inceptionv1 import helper_layers as _helper_layers
+    from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as _InceptionV1
+    from lucent.modelzoo.inceptionv1.InceptionV1 import model_urls as _inceptionv1_urls
+
+INCEPTIONV1_URL = _inceptionv1_urls["inceptionv1"]  # lucent's port of lucid's InceptionV1 weights (inception5h)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def inceptionv1() -> torch.nn.Module:
+    """Lucent's InceptionV1 (lucid's naming: conv2d0 ... mixed5b), untrained, with plain ReLUs as ``nn.ReLU``
+    modules: lucent's own redirect every ReLU's gradient at every step, which we do only at the start of a render
+    (``render.relu``), and ``nn.ReLU`` is what that finds."""
+    net = _InceptionV1(pretrained=False, redirected_ReLU=False)
+    for name, module in list(net.named_children()):
+        if isinstance(module, _helper_layers.ReluLayer):
+            setattr(net, name, torch.nn.ReLU())
+    return net
 
 
 @contextmanager

@@ -114,7 +114,8 @@ class DatasetKey(StrEnum):
 
 
 class CardKey(StrEnum):
-    """Top-level keys of a language model's ``models.card`` (vision cards keep their older free-form keys)."""
+    """Top-level keys of ``models.card`` (a language model's, and the vision keys below; TinyVision's card keeps its
+    older free-form keys besides)."""
 
     ARCHITECTURE = "architecture"  # the model's config: n_layer, d_model, n_head, d_head, d_mlp, afrac, ...
     # {"weights": "sparse" | "dense", "target": float | None, "nonzero_fraction": float (all sparse matrices),
@@ -128,7 +129,19 @@ class CardKey(StrEnum):
     TRAINING = "training"
     # {"name": str, "vocab_size": int, "sha256": str}
     TOKENIZER = "tokenizer"
-    WEIGHTS = "weights"  # {"file": str, "sha256": str}
+    # {"file": str, "sha256": str}; for registered and user models also {"url", "found" (where the file was found:
+    # "--weights", "$ATLASCOPE_WEIGHTS_DIR", "torch hub cache", "Hugging Face cache", "downloaded"), "checked" (its
+    # sha256 matched the publisher's), "format", "note"}; or {"random": true, "seed": int, "note": str}: an untrained
+    # model (--random-weights), which every page and twin labels as such
+    WEIGHTS = "weights"
+    # vision: {"size", "resize", "value_range", "mean", "std", "channels": "RGB" | "BGR"}: how images became inputs
+    INPUT = "input"
+    # a model a user brought (--model): {"target": "package.module:factory" | "torchvision:NAME" | "timm:NAME",
+    # "card_file": str | None, "layers": [{"name", "module", "units", "shape"}], "architecture": str (the module's
+    # repr), "parameters": int}, so its pages say what it is without the user's code
+    DEFINITION = "definition"
+    # {"slug": Microscope's slug for this model}: one of Microscope's organisms, whose old links redirect here
+    MICROSCOPE = "microscope"
 
 
 class LayerKind(StrEnum):

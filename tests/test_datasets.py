@@ -92,4 +92,4 @@ def test_preprocessing_resizes_the_shorter_side_and_cuts_the_centre():
     assert prepared.shape == (16, 16, 3)
     # 80x40 -> 40x20, centre 16 columns are 12..28 of 40: the band (15..25 after resizing) sits in the middle
     assert prepared[:, 8].mean() > 200 and prepared[:, 0].mean() < 30 and prepared[:, 15].mean() < 30
-    assert Preprocess(16, 16, (-1.0, 1.0)).to_model(np.array([0.0, 0.5, 1.0])).tolist() == [-1.0, 0.0, 1.0]
+    assert Preprocess(16, 16, (-1.0, 1.0)).affine() == ([-1.0] * 3, [2.0] * 3)  # x in [0, 1] -> 2x - 1

@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from precompute.datasets.images import ImageDataset, to_tensor
-from precompute.registry import LayerSpec, Preprocess
+from precompute.registry import LayerSpec
 from precompute.stages import Job, Plan
 from render.examples import ExampleCollector, Ranked, sample_positions
 from render.hooks import stream
@@ -54,7 +54,7 @@ class Found:
 
 
 def examples_pass(net: torch.nn.Module, modules: dict[str, torch.nn.Module], units: dict[str, int],
-                  dataset: ImageDataset, preprocess: Preprocess, config: ExamplesConfig, device: torch.device,
+                  dataset: ImageDataset, config: ExamplesConfig, device: torch.device,
                   report: Callable[[str], None] = lambda _: None) -> ExampleCollector:
     """One forward pass over the dataset, up to the deepest of ``modules`` (each with ``units[name]`` channels),
     ranking every unit as it goes (``bench/examples_pass.py`` times it against the plain forward pass)."""
@@ -62,7 +62,7 @@ def examples_pass(net: torch.nn.Module, modules: dict[str, torch.nn.Module], uni
                                  config.middle, config.seed, device)
     with torch.no_grad():
         for images, positions in dataset.batches(config.batch):
-            x = preprocess.to_model(to_tensor(images).to(device))  # [batch, 3, size, size]
+            x = to_tensor(images).to(device)  # [batch, 3, size, size] in [0, 1]: the net maps them to its input
             at = torch.tensor(positions)
             stream(net, modules, x,
                    lambda name, acts: collector.update_layer(name, acts.flatten(2), at))  # [batch, units, cells]
@@ -94,7 +94,7 @@ class ExamplesStage:
         for item in items:
             modules = {layer.name: net.get_submodule(layer.module) for layer in item.layers}
             collector = examples_pass(net, modules, {layer.name: layer.units for layer in item.layers}, self.dataset,
-                                      spec.preprocess, config, device, self.job.report)
+                                      config, device, self.job.report)
             ranked = {layer.name: collector.ranked(layer.name) for layer in item.layers}
             shape = (3, spec.preprocess.size, spec.preprocess.size)
             fields = {name: receptive_field(net, module, shape, device) for name, module in modules.items()}

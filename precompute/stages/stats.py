@@ -7,14 +7,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from precompute.datasets.images import ImageDataset, to_tensor
 from precompute.registry import LayerSpec
 from precompute.stages import Job, Plan
 from render.stats import channel_statistics
 from store.keys import Stat
 from store.schema import Layer, Unit
+
+
+SAMPLE = 512  # images of the dataset measured, for a model without a sample of its own
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,8 @@ class Layers:
 class StatsStage:
     name = "stats"
 
-    def __init__(self, job: Job, layers: list[LayerSpec]):
-        self.job, self.layers = job, layers
+    def __init__(self, job: Job, layers: list[LayerSpec], images: ImageDataset):
+        self.job, self.layers, self.images = job, layers, images  # images: the sample when the model has none
 
     def plan(self, session: Session) -> Plan:
         missing = tuple(layer.name for layer in self.layers if session.scalar(
@@ -41,7 +46,11 @@ class StatsStage:
     def run(self, items: list[Layers]) -> Iterator[tuple[Layers, dict]]:
         spec, net = self.job.spec, self.job.net
         for item in items:
-            sample = spec.dataset_sample().to(self.job.device)
+            sample = spec.dataset_sample()
+            if sample is None:  # evenly spread over the dataset the examples are ranked on
+                positions = torch.linspace(0, len(self.images) - 1, min(SAMPLE, len(self.images))).long().unique()
+                sample = to_tensor(self.images.read(positions.tolist())[0])
+            sample = sample.to(self.job.device)  # [n, 3, size, size] in [0, 1]
             stats = channel_statistics(net, {n: net.get_submodule(spec.layer(n).module) for n in item.layers}, sample)
             yield item, {"stats": stats, "n": len(sample)}
 
