@@ -20,13 +20,13 @@ from rich.table import Table
 
 from precompute.lm.openai_checkpoint import CheckpointError
 from precompute.plan import PlanError, parse_units, select
-from precompute.registry import DEFAULT_MODEL, REGISTRY, get_model
+from precompute.registry import DEFAULT_MODEL, REGISTRY, WeightsError, get_model
 from store.keys import ModelKind
 
 app = typer.Typer(help="Build and serve an atlas of what the units of neural networks compute.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 err = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
-FEATVIS = {"steps": 512, "size": 64, "batch_size": 32}  # `precompute`'s feature visualisation defaults
+FEATVIS = {"steps": 512, "batch_size": 32}  # `precompute`'s feature visualisation defaults
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -60,6 +60,38 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     table = Table("slug", "kind", "layers", "units", "weights")
     for s in summaries:
         table.add_row(s["slug"], s["kind"], ", ".join(l["name"] for l in s["layers"]), str(s["units"]), s["source"])
+    Console().print(table)
+
+
+@app.command("layers")
+def list_layers(
+    model: str = typer.Option(..., "--model", help="package.module:factory, torchvision:NAME or timm:NAME."),
+    card: Optional[Path] = typer.Option(None, "--card", help="A TOML model card (its [input] size is used)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List a model's candidate layers (convolutions and blocks with image-shaped outputs: their output shapes and
+    unit counts), marking those `precompute --model` takes when the card names none. Untrained: no weights needed."""
+    _require_torch()
+    from precompute.user_model import UserModelError, architecture, candidates, default_layers, default_preprocess
+    from precompute.user_model import preprocess_from, read_card
+
+    try:
+        net = architecture(model)
+        preprocess = preprocess_from(read_card(card) if card else {}, default_preprocess(model, net))
+        found = candidates(net, preprocess.size)
+    except UserModelError as exc:
+        raise fail(str(exc)) from None
+    chosen = {c.module for c in default_layers(found)}
+    rows = [{"module": c.module, "type": c.type, "kind": c.kind, "shape": list(c.shape), "units": c.units,
+             "default": c.module in chosen} for c in found]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("module", "type", "kind", "output [c, h, w]", "units", "default",
+                  title=f"{model} at {preprocess.size} px: {len(rows)} candidate layers")
+    for row in rows:
+        table.add_row(row["module"], row["type"], row["kind"], "x".join(map(str, row["shape"])), str(row["units"]),
+                      "*" if row["default"] else "")
     Console().print(table)
 
 
@@ -160,21 +192,30 @@ def _device(name: str) -> str:
 
 @app.command()
 def precompute(
-    slug: str = typer.Argument(..., help="Model to precompute (see `atlascope models`)."),
+    slug: Optional[str] = typer.Argument(None, help="Model to precompute (see `atlascope models`); or --model."),
     atlas: Path = typer.Option(..., "--atlas", help="Atlas directory (created if missing)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="A released model's directory, for openai-csp "
-                                                                    "(beeg_config.json and final_model.pt)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Vision: a model of yours instead of SLUG: "
+                                                              "package.module:factory, torchvision:NAME or timm:NAME."),
+    card: Optional[Path] = typer.Option(None, "--card", help="--model: a TOML model card (title, description, "
+                                                             "[input], layers)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="An organism's weights file (or its folder); "
+                                                                    "--model: your checkpoint; openai-csp: the "
+                                                                    "released model's directory."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Organisms and --model: seeded random "
+                                                                        "weights, labelled untrained everywhere."),
     layers: Optional[str] = typer.Option(None, help="Comma-separated layer names (default: all)."),
     units: Optional[str] = typer.Option(None, help="Vision: units of each layer, e.g. 0-15,20 (default: all)."),
     tokens: Optional[int] = typer.Option(None, help="Language: held-out tokens to read, from the start (default: "
                                                     "the whole sample), in whole 128-token contexts."),
     steps: int = typer.Option(FEATVIS["steps"], min=1, help="Vision: optimisation steps per image."),
-    size: int = typer.Option(FEATVIS["size"], min=8, help="Vision: image side in pixels."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Vision: Adam learning rate (default: render.featvis's, "
-                                                           "0.1)."),
+    size: Optional[int] = typer.Option(None, min=8, help="Vision: image side in pixels (default: the model's input "
+                                                          "size)."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Vision: Adam learning rate (default: lucid's 0.05 from "
+                                                           "128 px up, 0.1 below)."),
     objectives: Optional[str] = typer.Option(None, help="Vision: comma-separated: channel (default), neuron."),
     batch_size: int = typer.Option(FEATVIS["batch_size"], min=1, help="Vision: units rendered together."),
-    seed: int = typer.Option(0, help="Seeds feature visualisations, the draw of random contexts, and pruning."),
+    seed: int = typer.Option(0, help="Seeds feature visualisations, random weights, the draw of random contexts, "
+                                     "and pruning."),
     tasks: Optional[str] = typer.Option(None, help="Language: comma-separated tasks to find circuits for (default: "
                                                    "every one `atlascope tasks` lists, or none with --layers; 'none' "
                                                    "for no circuits; package.module:NAME for one of yours)."),
@@ -196,16 +237,19 @@ def precompute(
                                                       "it."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail if another precompute writes to the atlas, instead "
                                                           "of waiting for it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Vision: print the plan (units, batches, time at a rate "
+                                                          "measured on this machine) and stop; writes nothing."),
 ) -> None:
     """Precompute a model's atlas: dataset examples, weights, layer views and feature visualisations (vision), or token
     contexts, statistics, weights and task circuits (language). Resumable: rerun the same command after an
     interrupt."""
+    spec = _chosen_model(slug, model, card, weights, random_weights, seed)
     try:
-        spec = get_model(slug, weights)
         if not spec.layers:
-            raise fail(f"{slug} has no layers to precompute: its weights and card are not there yet ({spec.source})")
+            raise fail(f"{spec.slug} has no layers to precompute: its weights and card are not there yet "
+                       f"({spec.source})")
         selection = select(spec, layers.split(",") if layers else None, parse_units(units) if units else None)
-    except (KeyError, PlanError, CheckpointError) as exc:
+    except PlanError as exc:
         raise fail(exc.args[0]) from None
     language = spec.kind == ModelKind.LANGUAGE
     if language and (units or objectives):
@@ -215,10 +259,16 @@ def precompute(
         raise fail("--tokens is for language models; a vision model's sample is its held-out images")
     if language and (dataset or caricature):
         raise fail("--dataset and --caricature are for vision models; a language model reads its held-out text")
+    if not language and dataset is None and spec.examples is None and not dry_run:
+        raise fail(f"{spec.slug} has no built-in dataset (ImageNet and Places365 cannot be fetched here): pass "
+                   f"--dataset DIR, a folder of JPEG/PNG images (flat, or one subfolder per class), to rank its "
+                   f"units' dataset examples and measure their statistics")
     images = _dataset(dataset, spec.preprocess) if dataset else None
     inputs = _caricature_inputs(caricature, spec.preprocess)
     if not language and (tasks or task_file or (target_loss, prune_steps, k_coef) != (None, None, None)):
         raise fail("--tasks, --task-file, --target-loss, --prune-steps and --k-coef are for language models' circuits")
+    if language and dry_run:
+        raise fail("--dry-run plans feature visualisations; a language model's run is one pass over its sample")
     chosen_tasks = _chosen_tasks(tasks, task_file) if language else None
     if language and layers and chosen_tasks is None:
         chosen_tasks = ()  # a circuit spans every layer: a run of some layers finds circuits only when --tasks asks
@@ -226,7 +276,7 @@ def precompute(
         err.print("note: circuits of a released checkpoint are not found yet (the tasks are written for the "
                   "organisms' tokenizer, not tinypython_2k); its units are measured")
         chosen_tasks = ()
-    if language and (steps, size, lr, batch_size) != (FEATVIS["steps"], FEATVIS["size"], None, FEATVIS["batch_size"]):
+    if language and (steps, size, lr, batch_size) != (FEATVIS["steps"], None, None, FEATVIS["batch_size"]):
         err.print("note: --steps, --size, --lr and --batch-size set feature visualisations; a language model has none")
     _require_torch()
     from precompute import job
@@ -247,12 +297,18 @@ def precompute(
                               circuits=CircuitConfig(prune=prune), tasks=chosen_tasks, device=_device(device),
                               force=force, wait=not no_wait)
     else:
-        from render.featvis import OBJECTIVES, RenderConfig
+        from render.featvis import OBJECTIVES, RenderConfig, default_lr
 
         chosen = (objectives or "channel").split(",")
         if unknown := set(chosen) - set(OBJECTIVES):
             raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
-        config = RenderConfig(steps=steps, size=size, seed=seed, **({"lr": lr} if lr is not None else {}))
+        side = size or spec.preprocess.size
+        config = RenderConfig(steps=steps, size=side, seed=seed, lr=lr if lr is not None else default_lr(side))
+        if dry_run:
+            from precompute.estimate import print_plan
+
+            print_plan(spec, selection, chosen, config, batch_size, _device(device), err)
+            return
         from precompute.datasets.images import to_tensor
         from precompute.stages.layer_views import Input
         from render.layer_views import ViewConfig
@@ -262,6 +318,41 @@ def precompute(
                               views=ViewConfig(steps=steps, size=spec.preprocess.size, seed=seed),
                               device=_device(device), force=force, wait=not no_wait)
     _run_precompute(request)
+
+
+def _chosen_model(slug: str | None, target: str | None, card: Path | None, weights: Path | None,
+                  random_weights: bool, seed: int):
+    """The spec to precompute: a registered model (an organism with its weights found and checked, or seeded
+    random ones), or a user's ``--model`` with its layers discovered; exit code 2 with the reason otherwise."""
+    
+    if (slug is None) == (target is None):
+        raise fail("name one model: a registered SLUG (`atlascope models`) or --model package.module:factory | "
+                   "torchvision:NAME | timm:NAME")
+    if card is not None and target is None:
+        raise fail("--card describes a model of yours given with --model")
+    try:
+        if target is not None:
+            _require_torch()
+            from precompute.user_model import UserModelError, user_spec
+
+            try:
+                return user_spec(target, weights, card, random_weights, seed)
+            except UserModelError as exc:
+                raise fail(str(exc)) from None
+        spec = get_model(slug, weights)
+        if spec.weights_source is not None:
+            _require_torch()
+            from precompute.weights import resolved
+
+            return resolved(spec, weights, random_weights, seed)
+        if random_weights:
+            raise fail(f"--random-weights is for the registered organisms with published weights and for --model; "
+                       f"{slug} comes with its own")
+        return spec
+    except (KeyError, CheckpointError) as exc:
+        raise fail(exc.args[0]) from None
+    except WeightsError as exc:
+        raise fail(str(exc)) from None
 
 
 def _dataset(path: Path, preprocess):
@@ -304,8 +395,7 @@ def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> Non
                                TimeRemainingColumn)
 
     from precompute import job
-    from precompute.loaders import WeightsError
-
+    
     spec, atlas = request.spec, request.atlas
     language = spec.kind == ModelKind.LANGUAGE
     counted, verb, done = ("units", "measure", "measured") if language else ("images", "render", "rendered")
@@ -321,8 +411,19 @@ def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> Non
                                        f"{todo} to {verb} on {request.device}")
                 on_ready()
 
+            layer_todo: dict[str, int] = {}
+            layer_tasks: dict[str, object] = {}
+
+            def on_layers(todo: dict[str, int]) -> None:
+                layer_todo.update(todo)
+
             def on_saved(label: str, saved: int) -> None:
                 progress.update(task, advance=saved, description=f"{spec.slug} {label}")
+                layer = label.split(" ")[0]  # a render batch's label: "{layer} {objective}"
+                if saved and layer in layer_todo:  # a row per layer, with its own rate and time remaining
+                    if layer not in layer_tasks:
+                        layer_tasks[layer] = progress.add_task(f"  {layer}", total=layer_todo[layer])
+                    progress.update(layer_tasks[layer], advance=saved)
 
             def on_report(current: str) -> None:
                 progress.update(task, description=f"{spec.slug} {current}")
@@ -330,7 +431,7 @@ def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> Non
             def on_wait() -> None:
                 progress.console.print(f"waiting for another atlascope precompute writing to {atlas}…")
 
-            made = job.run(request, on_plan, on_saved, on_wait, on_report)
+            made = job.run(request, on_plan, on_saved, on_wait, on_report, on_layers)
     except KeyboardInterrupt:
         raise fail("interrupted; finished work is saved. Run the same command again to resume.", 130) from None
     except WeightsError as exc:

@@ -39,6 +39,15 @@ OBJECTIVES: dict[str, Objective] = {"channel": channel, "neuron": neuron}
 REDIRECTED_FRACTION = 0.25
 
 
+LUCID_LR = 0.05  # lucid's (and Microscope's) Adam step, tuned for 224 px
+LUCID_SIZE = 128  # from this side up the recipe's own step is used
+
+
+def default_lr(size: int) -> float:
+    """Lucid's 0.05 at the sizes it was tuned for; small images need a larger step (``bench/featvis_lr.py``)."""
+    return LUCID_LR if size >= LUCID_SIZE else RenderConfig.lr
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     steps: int = 512

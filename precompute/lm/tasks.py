@@ -13,11 +13,8 @@ No torch here: ``precompute.lm.evaluate`` scores models on these pairs.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import os
 import random
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,17 +330,9 @@ def load_task(target: str) -> Task:
     """A task of yours from Python: ``package.module:NAME``, where NAME is a ``Task`` or a function returning one (its
     ``make(rng, answer)`` draws pairs; see the built-in ones above). The module is found from the current directory or
     the Python path, as uvicorn finds an app (a console script's path does not hold the directory it runs in)."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{target!r}: name a task as package.module:NAME")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise ValueError(f"{target!r}: cannot import {module_name!r} ({err})") from None
-    except AttributeError:
-        raise ValueError(f"{target!r}: module {module_name!r} has no {attr!r}") from None
+    from precompute.user_code import import_target
+
+    found = import_target(target, "a task")
     task = found() if callable(found) and not isinstance(found, Task) else found
     if not isinstance(task, Task):
         raise ValueError(f"{target!r} is a {type(task).__name__}, not a precompute.lm.tasks.Task")

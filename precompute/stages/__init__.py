@@ -32,6 +32,7 @@ class Plan:
     items: list  # the pending work, in order; each has a ``label`` ("conv2 neuron", "0.mlp.post_act") for progress
     planned: int = 0  # counted things the request asks of the stage
     kept: int = 0  # of them already in the atlas, intact
+    by_layer: dict[str, int] = field(default_factory=dict)  # counted things to make per layer, for per-layer progress
 
 
 class Stage(Protocol):

@@ -54,7 +54,10 @@ class FeatvisStage:
             unit for unit in batch.units
             if self.job.force or not present((batch.layer.name, unit, batch.objective))))]
         total = sum(len(batch.units) for batch in planned)
-        return Plan(work, planned=total, kept=total - sum(len(item.save) for item in work))
+        by_layer: dict[str, int] = {}
+        for item in work:
+            by_layer[item.batch.layer.name] = by_layer.get(item.batch.layer.name, 0) + len(item.save)
+        return Plan(work, planned=total, kept=total - sum(len(item.save) for item in work), by_layer=by_layer)
 
     def run(self, items: list[Work]) -> Iterator[tuple[Work, Rendered]]:
         net = self.job.net
