@@ -16,7 +16,8 @@ one wrapped under ``state_dict``/``model``, or a whole pickled module) and an op
 
 Layers are discovered from one forward pass (``candidates``): every module whose output is an image-shaped
 [batch, channels, h, w] tensor, as a conv or a block (a module holding others, an element of a Sequential or
-ModuleList); the default choice is the innermost blocks, or every conv where there are none. The spec records the
+ModuleList, that is neither a stage of such blocks nor part of one); the default choice is the blocks, or every
+conv where there are none. The spec records the
 model's definition on its card (target, layers, the module's printed architecture, parameter count), so its atlas
 pages say what it is without the user's code.
 """
@@ -58,7 +59,9 @@ class Candidate:
     module: str  # dotted path
     type: str  # the module's class name
     shape: tuple[int, int, int]  # [channels, h, w] for one input
-    kind: str  # "conv", "block" (innermost blocks), "stage" (a block holding blocks)
+    # "conv"; "block": a module of modules, an element of a Sequential or ModuleList; "stage": a block ending in a
+    # block of its own shape (a ResNet stage); "part": a block inside a block (an inception branch's conv)
+    kind: str
 
     @property
     def units(self) -> int:
@@ -146,11 +149,19 @@ def candidates(net: nn.Module, size: int) -> list[Candidate]:
         parent = modules[name.rpartition(".")[0]] if "." in name else net
         if isinstance(module, nn.Conv2d):
             found.append(Candidate(name, type(module).__name__, shapes[0], "conv"))
-        elif list(module.children()) and isinstance(parent, containers) and not isinstance(module, containers):
+        elif list(module.children()) and isinstance(parent, containers) and type(module) not in containers:
             found.append(Candidate(name, type(module).__name__, shapes[0], "block"))
-    blocks = {c.module for c in found if c.kind == "block"}
-    return [replace(c, kind="stage") if c.kind == "block" and any(b.startswith(c.module + ".") for b in blocks)
-            else c for c in found]
+    blocks = [c for c in found if c.kind == "block"]
+
+    def inside(inner: Candidate, outer: Candidate) -> bool:
+        return inner.module.startswith(outer.module + ".")
+
+    # a block ending in a block of its own shape is a stage of blocks (a ResNet stage): its blocks are the units
+    stages = {outer.module for outer in blocks if any(inside(b, outer) and b.shape == outer.shape for b in blocks)}
+    whole = [b for b in blocks if b.module not in stages]
+    parts = {b.module for b in whole if any(inside(b, outer) for outer in whole)}  # an inception branch's conv
+    return [replace(c, kind="stage" if c.module in stages else "part" if c.module in parts else c.kind)
+            if c.kind == "block" else c for c in found]
 
 
 def default_layers(found: list[Candidate]) -> list[Candidate]:
@@ -165,12 +176,12 @@ def user_spec(target: str, weights: Path | None, card_path: Path | None, random_
               seed: int = 0) -> ModelSpec:
     """The spec of a user's model, checked: built once (its layers discovered or the card's verified) and its
     weights read, so a bad target, card or checkpoint fails here, before anything is written."""
-    if weights is None and not random_weights:
-        raise UserModelError(f"{target}: give its weights with --weights CKPT (a state dict or a saved module), or "
-                             f"ask for an untrained model with --random-weights")
     card = read_card(card_path) if card_path else {}
     with seeded_init(seed):
         net = architecture(target)
+    if weights is None and not random_weights:
+        raise UserModelError(f"{target}: give its weights with --weights CKPT (a state dict or a saved module), or "
+                             f"ask for an untrained model with --random-weights")
     if weights is not None and not random_weights:
         if not weights.is_file():
             raise UserModelError(f"--weights {weights}: no such file")

@@ -9,7 +9,7 @@ None has a built-in dataset (ImageNet and Places365 cannot be fetched here): the
 
 from __future__ import annotations
 
-from precompute.registry import LayerSpec, ModelSpec, Preprocess, WeightSource
+from precompute.spec import LayerSpec, ModelSpec, Preprocess, WeightSource
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # Caffe's ImageNet mean, as lucid's Caffe ports subtract it
 CAFFE = dict(value_range=(0.0, 255.0), mean=IMAGENET_MEAN_BGR, bgr=True)  # BGR, 0-255, mean subtracted
