@@ -12,7 +12,9 @@ in a model with a layer named ``circuits``, is that layer's unit, so no unit URL
 plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422; so are the
 query parameters, whose values the schema lists (a ``?thumbnail=`` that is neither of its two is a 400: it names no
 thing that could be missing). A layer page's ``?unit=N`` (its jump box, a plain form) answers 303 with the unit's
-page. HEAD is answered for every route by ``server.cache``.
+page. A layer or unit URL whose layer is OpenAI Microscope's name for one of ours (``mixed4c_0``) answers 301 with
+ours, unless the model has a layer of that very name (``server.microscope``). HEAD is answered for every route by
+``server.cache``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy import func, select
 from server.cache import mark_cacheable
 from server.circuit_tracer import TracerGraph, tracer_graph
 from server.errors import NotFound
+from server.microscope import is_microscope_name, moved_to
 from server.pages.circuit import circuit_page, has_circuits_layer
 from server.pages.common import echo, unit_number
 from server.pages.index import index_page
@@ -87,6 +90,11 @@ UnitQuery = Query(None, description="Jump to a unit: `?unit=5` answers 303 with 
                                     "route, its JSON twin); a unit that does not exist is a 404.")
 JUMP = {303: {"description": "`?unit=N`: see the unit's page, in `Location`.",
               "headers": {"Location": {"description": "The unit's URL.", "schema": {"type": "string"}}}}}
+MOVED = {301: {"description": "The layer is named as OpenAI Microscope named it (`mixed4c_0`, "
+                              "`conv3_1_conv3_1_0`): the same layer (or unit) under our name, in `Location`, with "
+                              "Microscope's technique parameters as the page's section (`#examples`, ...). A model "
+                              "or layer the atlas lacks is a 404 naming it.",
+               "headers": {"Location": {"description": "Our URL for it.", "schema": {"type": "string"}}}}}
 
 
 async def in_executor(request: Request, work: Callable[[], Any]) -> Any:
@@ -158,10 +166,33 @@ async def model_html(request: Request, model: str) -> Response:
     return await twin_response(request, model_page, ModelPage, model, template="model.html")
 
 
+async def microscope_redirect(request: Request, model: str, op: str, unit: str | None,
+                              twin: bool) -> Response | None:
+    """A 301 to our URL when ``op`` is Microscope's name for one of our layers (a 404 naming what the atlas lacks),
+    or None: serve the path as it is. Only names in Microscope's table reach the database here."""
+    if not is_microscope_name(model, op):
+        return None
+    atlas, query = request.app.state.atlas, dict(request.query_params)
+
+    def work() -> str | None:
+        with atlas.sessions() as session:
+            return moved_to(session, model, op, unit, query, twin)
+
+    target = await in_executor(request, work)
+    if target is None:
+        return None
+    # revalidated like the pages: where a name leads depends on what the atlas holds
+    return RedirectResponse(target, status_code=301, headers={"Cache-Control": "no-cache"})
+
+
 async def layer_response(request: Request, model: str, layer: str, page: str, kind: str, sort: str,
                          order: str | None, thumbnail: str, unit: str | None,
                          template: str | None = None) -> Response:
-    """A page of the layer's units, or with ``?unit=N`` a redirect to that unit (the layer page's jump box)."""
+    """A page of the layer's units, or with ``?unit=N`` a redirect to that unit (the layer page's jump box); a
+    Microscope name for the layer redirects to ours."""
+    moved = await microscope_redirect(request, model, layer, None, twin=template is None)
+    if moved is not None:
+        return moved
     if unit is not None:
         atlas = request.app.state.atlas
 
@@ -176,7 +207,7 @@ async def layer_response(request: Request, model: str, layer: str, page: str, ki
 
 
 @router.get("/models/{model}/{layer}.json", tags=["json"], summary="One page of a layer's units",
-            response_model=LayerPage, responses={**JUMP, **NOT_MODIFIED, **LAYER_JSON_ERRORS})
+            response_model=LayerPage, responses={**MOVED, **JUMP, **NOT_MODIFIED, **LAYER_JSON_ERRORS})
 async def layer_json(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
                      sort: str = SortQuery, order: str | None = OrderQuery, thumbnail: str = ThumbnailQuery,
                      unit: str | None = UnitQuery) -> Response:
@@ -184,7 +215,7 @@ async def layer_json(request: Request, model: str, layer: str, page: str = PageQ
 
 
 @router.get("/models/{model}/{layer}", response_class=HTMLResponse, tags=["html"],
-            summary="One page of a layer's units", responses={**JUMP, **NOT_MODIFIED, **LAYER_ERRORS})
+            summary="One page of a layer's units", responses={**MOVED, **JUMP, **NOT_MODIFIED, **LAYER_ERRORS})
 async def layer_html(request: Request, model: str, layer: str, page: str = PageQuery, kind: str = KindQuery,
                      sort: str = SortQuery, order: str | None = OrderQuery, thumbnail: str = ThumbnailQuery,
                      unit: str | None = UnitQuery) -> Response:
@@ -245,15 +276,21 @@ async def circuit_html(request: Request, model: str, task: str) -> Response:
 
 
 @router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours",
-            response_model=UnitPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
+            response_model=UnitPage, responses={**MOVED, **NOT_MODIFIED, **JSON_ERRORS})
 async def unit_json(request: Request, model: str, layer: str, unit: str) -> Response:
+    moved = await microscope_redirect(request, model, layer, unit, twin=True)
+    if moved is not None:
+        return moved
     per_page = request.app.state.settings.per_page
     return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page)
 
 
 @router.get("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"],
-            summary="A unit: images, stats, neighbours", responses={**NOT_MODIFIED, **ERRORS})
+            summary="A unit: images, stats, neighbours", responses={**MOVED, **NOT_MODIFIED, **ERRORS})
 async def unit_html(request: Request, model: str, layer: str, unit: str) -> Response:
+    moved = await microscope_redirect(request, model, layer, unit, twin=False)
+    if moved is not None:
+        return moved
     per_page = request.app.state.settings.per_page
     return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page, template="unit.html")
 

@@ -16,6 +16,11 @@ class Twin(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+UNTRAINED = ("Whether the model's weights are seeded random ones (`atlascope precompute --random-weights`; its card's "
+             "`weights.random`): its pictures show the architecture's biases, not learned features, and every page of "
+             "it says so in a banner.")
+
+
 class Linked(Twin):
     url: str = Field(description="The HTML page of this thing.")
     json_url: str = Field(description="Its JSON twin: the same data as the page, at the page's URL plus `.json`.")
@@ -118,12 +123,18 @@ class ModelInfo(ModelRef):
     description: str
     source: str = Field(description="Where the weights came from.")
     card: dict[str, Any] = Field(description=(
-        "Model card, as the job wrote it; any key may be missing. Vision: metrics, classes, weights (file, sha256), "
-        "training. Language: architecture {n_layer, d_model, n_head, d_head, d_mlp, vocab_size, block_size, ...}, "
-        "sparsity {weights: sparse|dense, target, nonzero_fraction, matrices: {name: {shape, nonzero, fraction}}}, "
-        "heldout {loss (nats/token), tokens, corpus_sha256, files}, tasks {name: {accuracy, loss, pairs, chance}}, "
-        "training {command, seconds, steps, tokens, threads}, tokenizer {name, vocab_size, sha256}, weights "
-        "{file, sha256}."))
+        "Model card, as the job wrote it (keys: `store.keys.CardKey`); any key may be missing. Vision: metrics, "
+        "classes, training; weights {file, sha256, and for registered organisms and user models url (the "
+        "publisher's), found (where the file was found: `--weights`, `$ATLASCOPE_WEIGHTS_DIR`, `torch hub cache`, "
+        "`Hugging Face cache`, `downloaded`), checked (its sha256 matched the publisher's), format, random: false, "
+        "note}, or for an untrained model {random: true, seed, note}; input {size, resize, value_range, mean, std, "
+        "channels: RGB|BGR} (how images became inputs); definition {target, card_file, layers [{name, module, "
+        "units, shape}], architecture (the module's repr), parameters} for a model a user brought (`--model`); "
+        "microscope {slug}: OpenAI Microscope's name for the model, whose old links redirect here. Language: "
+        "architecture {n_layer, d_model, n_head, d_head, d_mlp, vocab_size, block_size, ...}, sparsity {weights: "
+        "sparse|dense, target, nonzero_fraction, matrices: {name: {shape, nonzero, fraction}}}, heldout {loss "
+        "(nats/token), tokens, corpus_sha256, files}, tasks {name: {accuracy, loss, pairs, chance}}, training "
+        "{command, seconds, steps, tokens, threads}, tokenizer {name, vocab_size, sha256}, weights {file, sha256}."))
 
 
 class LayerSummary(LayerRef):
@@ -155,6 +166,7 @@ class Dataset(Twin):
 
 class ModelPage(Linked):
     model: ModelInfo
+    untrained: bool = Field(description=UNTRAINED)
     dataset: Dataset | None = Field(description="Vision: the dataset of the latest run that ranked examples; null "
                                                 "before one did, and for language models.")
     layers: list[LayerSummary] = Field(description="In forward order.")
@@ -251,6 +263,7 @@ class TableUnit(UnitRef):
 
 class LayerPage(Linked):
     model: ModelRef
+    untrained: bool = Field(description=UNTRAINED)
     layer: LayerSummary
     kind: str = Field(description="The image kind a vision grid shows (`?kind=`).")
     kinds: list[KindLink] = Field(description="Every image kind the layer has.")
@@ -367,6 +380,7 @@ class CircuitMembership(CircuitSummary):
 
 class UnitPage(Linked):
     model: ModelRef
+    untrained: bool = Field(description=UNTRAINED)
     layer: LayerRef
     index: int
     rendered: bool = Field(description="Whether the job has done this unit: an image of it (vision) or its "

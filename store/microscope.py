@@ -36,7 +36,8 @@ _OPS: dict[str, list[tuple[str, str]]] = {
           for block in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")],
     ],
     "inceptionv4_slim": [
-        *[(f"InceptionV4/InceptionV4/{conv}/Relu", conv) for conv in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")],
+        *[(f"InceptionV4/InceptionV4/{conv}/Relu", conv)
+          for conv in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")],
         *[(f"InceptionV4/InceptionV4/Mixed_{block}/concat", f"Mixed_{block}")
           for block in ("3a", "4a", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h",
                         "7a", "7b", "7c", "7d")],

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from server.errors import NotFound
 from server.urls import DEFAULT_KIND, asset_url, circuit_url, layer_url, links, model_url, unit_url
-from store.keys import CircuitKey, ModelKind, Stat
+from store.keys import CardKey, CircuitKey, ModelKind, Stat
 from store.schema import Asset, Circuit, Layer, Model, Run, Unit, UnitImage
 
 THUMB_KIND = DEFAULT_KIND  # the image kind shown in layer grids by default and counted as "rendered"
@@ -74,6 +74,13 @@ def parse_page(raw: str, pages: int) -> int:
     if not re.fullmatch(r"[1-9][0-9]{0,%d}" % (MAX_DIGITS - 1), raw) or not 1 <= int(raw) <= pages:
         raise NotFound(f"page {echo(raw)} not found: pages run from 1 to {pages}")
     return int(raw)
+
+
+def untrained(model: Model) -> bool:
+    """Whether the model's weights are seeded random ones (``--random-weights``): its card's ``weights.random``.
+    Pages label such a model everywhere, as what its units show is the architecture's, not anything learned."""
+    weights = (model.card or {}).get(CardKey.WEIGHTS)
+    return isinstance(weights, dict) and weights.get("random") is True
 
 
 def model_ref(model: Model) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from server.errors import BadRequest, NotFound
 from server.pages.common import (
     THUMB_KIND, echo, find_layer, find_model, image_dict, layer_ref, model_ref, parse_page, parse_unit,
-    rendered_counts, stat, unit_ref,
+    rendered_counts, stat, unit_ref, untrained,
 )
 from server.pages.vision import layer_views, top_crops
 from server.urls import DEFAULT_SORT, EXAMPLE, THUMBNAILS, json_url, layer_page_url, links, unit_url
@@ -74,6 +74,7 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
     return {
         **links(url(number)),
         "model": model_ref(model),
+        "untrained": untrained(model),
         "layer": {**layer_ref(model, layer), "n_rendered": n_rendered},
         "kind": kind,
         "kinds": [{"kind": k, **links(url(number, k))} for k in kinds],

@@ -1,5 +1,7 @@
 """``/models/{model}``: the model card, its layers in forward order, its task circuits, the dataset its units' examples
-come from, and every precompute run (provenance)."""
+come from, and every precompute run (provenance). The card says where the weights came from (or that they are
+random: ``untrained``), how images became inputs, a user's model's definition, and its Microscope name; the page's
+template shows each part it has."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.pages.common import circuit_summary, find_model, layer_ref, model_ref, rendered_counts, run_progress
+from server.pages.common import (
+    circuit_summary, find_model, layer_ref, model_ref, rendered_counts, run_progress, untrained,
+)
 from server.urls import links, model_url
 from store.keys import DatasetKey
 from store.schema import Circuit, Layer, Run
@@ -23,6 +27,7 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
     return {
         **links(model_url(model.slug)),
         "model": {**model_ref(model), "description": model.description, "source": model.source, "card": model.card},
+        "untrained": untrained(model),
         "dataset": dataset(runs),
         "layers": [{**layer_ref(model, layer), "n_rendered": rendered.get(layer.id, 0)} for layer in model.layers],
         "runs": [

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from server.pages import sections
 from server.pages.common import (
     THUMB_KIND, asset_dict, circuit_summary, find_layer, find_model, image_dict, layer_ref, model_ref, parse_unit,
-    unit_number, unit_ref,
+    unit_number, unit_ref, untrained,
 )
 from server.pages.vision import crop
 from server.urls import layer_page_url, links, unit_url
@@ -79,6 +79,7 @@ def unit_page(session: Session, slug: str, name: str, raw_index: str, per_page: 
     return {
         **links(unit_url(model.slug, layer.name, index)),
         "model": model_ref(model),
+        "untrained": untrained(model),
         "layer": layer_ref(model, layer),
         "index": index,
         "rendered": bool(images) or (language and bool(stats)),
