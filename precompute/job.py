@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from precompute.datasets.images import ImageDataset
 from precompute.lm.circuits import CircuitConfig
 from precompute.lm.tasks import TASKS, Task
-from precompute.registry import ModelSpec
+from precompute.registry import ModelSpec, WeightsError
 from precompute.stages import Job, Stage
 from precompute.stages.circuits import CircuitsStage
 from precompute.stages.contexts import ContextsConfig, ContextsStage
@@ -35,7 +35,7 @@ from precompute.stages.weights import WeightsStage
 from render.featvis import RenderConfig
 from render.layer_views import ViewConfig
 from store import Atlas
-from store.keys import ModelKind
+from store.keys import CardKey, ModelKind
 from store.schema import Layer, Model, Run, Unit, utcnow
 
 
@@ -100,14 +100,21 @@ class Progress:
     current: str | None = None  # what is being worked on, e.g. "conv2 neuron", "0.mlp.post_act"
 
 
-def _ensure_model(session: Session, spec: ModelSpec) -> Model:
-    """Create or refresh the model, its layers and a row for every unit (so every unit URL resolves)."""
+def _ensure_model(session: Session, spec: ModelSpec, force: bool = False) -> Model:
+    """Create or refresh the model, its layers and a row for every unit (so every unit URL resolves). Weights other
+    than those the atlas's model was made with are refused unless ``force`` (its images would mix both)."""
     model = session.scalar(select(Model).where(Model.slug == spec.slug))
     if model is None:
         model = Model(slug=spec.slug)
         session.add(model)
+    card = spec.card()
+    made_with, given = ((model.card or {}).get(CardKey.WEIGHTS) or {}).get("sha256"), card.get(CardKey.WEIGHTS, {})
+    if made_with and given.get("sha256") and made_with != given["sha256"] and not force:
+        raise WeightsError(f"{spec.slug} in this atlas was made with weights of sha256 {made_with}; "
+                           f"{given.get('file', 'these')} have {given['sha256']}. Its images would mix both: pass "
+                           f"--force to redo what you select with the new weights, or use another atlas")
     model.title, model.kind, model.description, model.source = spec.title, spec.kind, spec.description, spec.source
-    model.card = spec.card()
+    model.card = card
     session.flush()
     existing = {layer.name: layer for layer in model.layers}
     for position, layer_spec in enumerate(spec.layers):
@@ -138,7 +145,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     feature visualisations), right after ``on_plan``."""
     with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
         with atlas.sessions.begin() as session:
-            model = _ensure_model(session, request.spec)
+            model = _ensure_model(session, request.spec, request.force)
             job = Job(request.spec, atlas, model.id, torch.device(request.device), request.force)
             planned = [(stage, stage.plan(session)) for stage in stages(request, job)]
             total, kept = sum(plan.planned for _, plan in planned), sum(plan.kept for _, plan in planned)

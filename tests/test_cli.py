@@ -17,7 +17,10 @@ def test_models_without_torch():
     done = subprocess.run([*NO_TORCH, "models", "--json"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     models = {m["slug"]: m for m in json.loads(done.stdout)}
-    assert list(models) == ["tinyvision", "tinylm-sparse", "tinylm-dense", "openai-csp"]
+    assert list(models) == ["tinyvision", "tinylm-sparse", "tinylm-dense", "openai-csp", "alexnet",
+                            "alexnet_caffe_places365", "inceptionv1", "inceptionv1_caffe_places365", "vgg19_caffe",
+                            "inceptionv3_slim", "inceptionv4_slim", "resnetv2_50_slim"]  # Microscope's eight: no torch
+    assert models["inceptionv1"]["units"] == 5804
     assert models["tinyvision"]["units"] == 320
     # a language organism's layers come from its committed card, read without torch: per block the residual stream,
     # attention's read, q/k/v and write channels, the residual stream between attention and MLP, the MLP's read

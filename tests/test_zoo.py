@@ -123,11 +123,11 @@ def test_missing_weights_name_the_file_its_url_and_where_it_goes(env, tiny_datas
     assert not (tmp_path / "atlas").exists()  # refused before anything was written
 
 
-def _trained_inceptionv1(path: Path) -> Path:
-    """A stand-in for lucent's inception5h.pth: InceptionV1's state dict with other (seed 7) weights."""
+def _trained_inceptionv1(path: Path, seed: int = 7) -> Path:
+    """A stand-in for lucent's inception5h.pth: InceptionV1's state dict with other (seeded) weights."""
     from render.lucent_compat import inceptionv1
 
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     torch.save(inceptionv1().state_dict(), path)
     return path
 
@@ -140,6 +140,13 @@ def test_a_saved_checkpoint_loads_through_weights_and_changes_the_images(env, ti
     done = atlascope("precompute", "inceptionv1", "--atlas", str(atlas), "--weights", str(weights), "--dataset",
                      str(tiny_dataset), "--layers", "conv2d0,conv2d1", *QUICK, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    # other weights into the same atlas would mix two networks' images: refused
+    other = tmp_path / "other" / "inception5h.pth"
+    other.parent.mkdir()
+    _trained_inceptionv1(other, seed=8)
+    again = atlascope("precompute", "inceptionv1", "--atlas", str(atlas), "--weights", str(other), "--dataset",
+                      str(tiny_dataset), "--layers", "conv2d0,conv2d1", *QUICK, env=env)
+    assert again.returncode == 2 and f"made with weights of sha256 {sha256_of(weights)}" in again.stderr
     with serving(atlas) as url, serving(zoo_atlas) as random_url:
         model = httpx.get(f"{url}/models/inceptionv1.json").json()
         card = model["model"]["card"]["weights"]
