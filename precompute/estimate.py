@@ -15,7 +15,7 @@ from precompute.plan import batches
 from precompute.registry import ModelSpec
 from render.featvis import RenderConfig, render_units
 
-MEASURED_STEPS = 2  # timed steps per layer, after one untimed warm-up step
+MEASURED_STEPS = 3  # timed steps per layer (a render of this many, its setup included), after an untimed warm-up
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,13 @@ class LayerEstimate:
 
 def step_time(net: torch.nn.Module, module: torch.nn.Module, units: list[int], objective: str, config: RenderConfig,
               device: torch.device) -> float:
-    """Seconds per optimisation step of a batch of ``units`` (the warm-up step is not counted)."""
+    """Seconds per optimisation step of a batch of ``units``: a render of ``MEASURED_STEPS`` steps (its setup, one
+    forward pass, included) after an untimed one-step warm-up."""
     warm = replace(config, steps=1)
     render_units(net, module, units, objective, warm, device)
     started = time.perf_counter()
-    render_units(net, module, units, objective, replace(config, steps=1 + MEASURED_STEPS), device)
-    return (time.perf_counter() - started) / (1 + MEASURED_STEPS)
+    render_units(net, module, units, objective, replace(config, steps=MEASURED_STEPS), device)
+    return (time.perf_counter() - started) / MEASURED_STEPS
 
 
 def estimate(spec: ModelSpec, selection: list, objectives: list[str], config: RenderConfig, batch_size: int,
@@ -64,7 +65,7 @@ def print_plan(spec: ModelSpec, selection: list, objectives: list[str], config: 
     console.print(f"{spec.slug}: feature visualisations of {sum(len(u) for _, u in selection):,} units in "
                   f"{len(selection)} layers, objectives {', '.join(objectives)}, {config.steps} steps at "
                   f"{config.size} px, lr {config.lr}, batches of {batch_size}, on {device}; measuring "
-                  f"{MEASURED_STEPS} steps of one batch per layer…")
+                  f"a {MEASURED_STEPS}-step render of one batch per layer…")
     found = estimate(spec, selection, objectives, config, batch_size, torch.device(device),
                      lambda e: console.print(f"  {e.layer}: {e.units} units, {e.batches} batches, "
                                              f"{e.seconds_per_step:.2f} s per batch step → "
