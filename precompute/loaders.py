@@ -4,19 +4,19 @@ that says where the file belongs and how to make it, never a download."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import torch
 
 from precompute.registry import TINYVISION, ModelSpec, WeightsError
+from precompute.weights import sha256_of
 
 
 def verified_file(path: Path, sha256: str | None, remedy: str) -> Path:
     """``path``, once it is there and hashes to the card's sha256; otherwise an error saying how to remake it."""
     if not path.is_file():
         raise WeightsError(f"weights not found at {path}. {remedy}")
-    if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+    if sha256 and sha256_of(path) != sha256:
         raise WeightsError(f"weights at {path} do not match sha256 {sha256} from the model card. {remedy}")
     return path
 
