@@ -58,11 +58,15 @@ def test_redirected_relu_changes_gradients_not_values(model: torch.nn.Module):
     with redirected_relus(model):
         redirected = model.conv4(model.pool(model.conv3(model.pool(model.conv2(model.pool(model.conv1(x)))))))
     assert torch.equal(plain, redirected) and hook_count(model) == 0
+    assert not any("forward" in m.__dict__ for m in model.modules())  # every ReLU's own forward is back
     dead = (plain[0, :, 4, 4] == 0).nonzero()[0, 0]  # a unit switched off at the centre of a flat grey image
     # Gradients of the loss that featvis minimises: minus the activation.
-    grad_plain, = torch.autograd.grad(-plain[0, dead, 4, 4], x)
-    grad_redirected, = torch.autograd.grad(-redirected[0, dead, 4, 4], x)
+    grad_plain, = torch.autograd.grad(-plain[0, dead, 4, 4], x, retain_graph=True)
+    grad_redirected, = torch.autograd.grad(-redirected[0, dead, 4, 4], x, retain_graph=True)
     assert grad_plain.abs().sum() == 0 < grad_redirected.abs().sum()
+    alive = (plain[0, :, 4, 4] > 0).nonzero()[0, 0]  # a unit that gets ordinary gradients keeps them
+    assert torch.equal(torch.autograd.grad(plain[0, alive, 4, 4], x)[0],
+                       torch.autograd.grad(redirected[0, alive, 4, 4], x)[0])
 
 
 def test_images_record_how_they_were_made(atlas_dir: Path):
