@@ -11,11 +11,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from precompute.allocator import keep_freed_memory
 from precompute.plan import batches
 from precompute.registry import ModelSpec
 from render.featvis import RenderConfig, render_units
 
-MEASURED_STEPS = 3  # timed steps per layer (a render of this many, its setup included), after an untimed warm-up
+# Timed steps per layer (a render of this many, its setup included), after an untimed warm-up. Four steps mix the
+# kinds a full render has in its proportions: a quarter with redirected ReLU gradients and, under bfloat16, a
+# quarter in float32 (render.featvis).
+MEASURED_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ def step_time(net: torch.nn.Module, module: torch.nn.Module, units: list[int], o
 
 def estimate(spec: ModelSpec, selection: list, objectives: list[str], config: RenderConfig, batch_size: int,
              device: torch.device, on_layer=lambda estimate: None) -> list[LayerEstimate]:
+    keep_freed_memory()  # as the job does: the allocator decides much of a large batch's step time
     net = spec.load().to(device)
     found = []
     for layer, units in selection:
@@ -64,7 +69,7 @@ def print_plan(spec: ModelSpec, selection: list, objectives: list[str], config: 
     """Measure and print the plan: one row per layer as it is measured, then the totals."""
     console.print(f"{spec.slug}: feature visualisations of {sum(len(u) for _, u in selection):,} units in "
                   f"{len(selection)} layers, objectives {', '.join(objectives)}, {config.steps} steps at "
-                  f"{config.size} px, lr {config.lr}, batches of {batch_size}, on {device}; measuring "
+                  f"{config.size} px, lr {config.lr}, {config.precision}, batches of {batch_size}, on {device}; measuring "
                   f"a {MEASURED_STEPS}-step render of one batch per layer…")
     found = estimate(spec, selection, objectives, config, batch_size, torch.device(device),
                      lambda e: console.print(f"  {e.layer}: {e.units} units, {e.batches} batches, "

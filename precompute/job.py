@@ -19,6 +19,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from precompute.allocator import keep_freed_memory
 from precompute.datasets.images import ImageDataset
 from precompute.lm.circuits import CircuitConfig
 from precompute.lm.tasks import TASKS, Task
@@ -143,6 +144,7 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     ``on_report(current)`` every word a stage gives between saves, ``on_wait()`` says that another writer holds the
     atlas and this run waits for it, ``on_layers(todo)`` gives the counted things to make per layer (vision: the
     feature visualisations), right after ``on_plan``."""
+    keep_freed_memory()
     with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
         with atlas.sessions.begin() as session:
             model = _ensure_model(session, request.spec, request.force)

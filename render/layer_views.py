@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from render.fast_forward import channels_last, fast_forward
 from render.featvis import frozen
 from render.hooks import activations
 from render.lucent_compat import fft_decorrelated_image, seeded, standard_transforms
@@ -76,7 +77,9 @@ def _ascend(model: nn.Module, layer: nn.Module, score: Callable[[torch.Tensor], 
         for _ in range(config.steps):
             optimiser.zero_grad()
             batch = transform(torch.cat([image(), *extra]))  # [1 + k, 3, h, w], h and w vary with the transform
-            (-score(activations(model, target, batch)["layer"])).backward()
+            with fast_forward():
+                acts = activations(model, target, channels_last(batch))["layer"]
+            (-score(acts)).backward()
             optimiser.step()
         with torch.no_grad():
             final = image()  # [1, 3, size, size]

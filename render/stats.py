@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from render.fast_forward import channels_last, fast_forward
 from render.hooks import activations
 
 
@@ -18,9 +19,10 @@ def channel_statistics(model: nn.Module, layers: Mapping[str, nn.Module], images
     model.eval()
     per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     try:
-        for chunk in images.split(batch_size):
-            for name, acts in activations(model, layers, chunk).items():
-                per_layer[name].append(acts.mean(dim=(-2, -1)))  # [chunk, channels]
+        with fast_forward():
+            for chunk in images.split(batch_size):
+                for name, acts in activations(model, layers, channels_last(chunk)).items():
+                    per_layer[name].append(acts.mean(dim=(-2, -1)))  # [chunk, channels]
     finally:
         model.train(was_training)
     stats = {}

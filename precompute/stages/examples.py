@@ -22,6 +22,7 @@ from precompute.datasets.images import ImageDataset, to_tensor
 from precompute.registry import LayerSpec
 from precompute.stages import Job, Plan
 from render.examples import ExampleCollector, Ranked, sample_positions
+from render.fast_forward import channels_last, fast_forward
 from render.hooks import stream
 from render.receptive_field import ReceptiveField, receptive_field
 from store.keys import CropKey, ExampleKind, Stat
@@ -60,11 +61,11 @@ def examples_pass(net: torch.nn.Module, modules: dict[str, torch.nn.Module], uni
     ranking every unit as it goes (``bench/examples_pass.py`` times it against the plain forward pass)."""
     collector = ExampleCollector(units, config.top, sample_positions(len(dataset), config.sample, config.seed),
                                  config.middle, config.seed, device)
-    with torch.no_grad():
+    with torch.no_grad(), fast_forward():
         for images, positions in dataset.batches(config.batch):
             x = to_tensor(images).to(device)  # [batch, 3, size, size] in [0, 1]: the net maps them to its input
             at = torch.tensor(positions)
-            stream(net, modules, x,
+            stream(net, modules, channels_last(x),
                    lambda name, acts: collector.update_layer(name, acts.flatten(2), at))  # [batch, units, cells]
             report(f"examples: {collector.images:,} of {len(dataset):,} images")
     return collector
