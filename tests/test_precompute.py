@@ -135,6 +135,7 @@ def test_rerun_of_a_complete_atlas_renders_nothing(atlas_dir: Path):
     (["tinyvision", "--units", "a"], "bad unit selection"),
     (["tinyvision", "--objectives", "deepdream"], "unknown objective"),
     (["tinyvision", "--steps", "0"], "steps"),
+    (["tinyvision", "--precision", "float16"], "--precision float16: choose from float32, bfloat16"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path: Path, args: list[str], message: str):
     atlas = tmp_path / "atlas"
@@ -142,6 +143,17 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path: Path, args: list[s
     assert done.returncode == 2
     assert message in " ".join(done.stderr.split())
     assert not atlas.exists()
+
+
+def test_bfloat16_renders_record_their_precision(tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *TINY, "--units", "0-3", "--precision",
+                     "bfloat16")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(f"file:{atlas / 'atlas.db'}?mode=ro", uri=True) as db:
+        made = db.execute("SELECT json_extract(params, '$.precision'), json_extract(params, '$.float32_steps') "
+                          "FROM unit_images").fetchall()
+    assert made == [("bfloat16", "the last 2")] * 4
 
 
 def test_models_lists_the_registry():
