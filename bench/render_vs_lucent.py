@@ -3,16 +3,19 @@
 
     nice .venv/bin/python bench/render_vs_lucent.py [--units 8] [--layer mixed4a] [--steps 64] [--size 224]
         [--lr 0.05] [--batch 32] [--device cpu] [--weights inception5h.pth] [--repeats 1] [--lucent-frozen]
+        [--precision float32 bfloat16]
 
-Prints both sides' seconds (the best of ``--repeats`` alternating rounds) and units per hour, the ratio (atlascope /
-lucent), and a sanity check: the mean activation of each unit's channel on the final images against the starting
-images and uniform-noise images, for both sides.
+Prints each side's seconds (the best of ``--repeats`` rounds, which rotate the order) and units per hour, the ratios
+(atlascope / lucent, one per precision), and a sanity check: the mean activation of each unit's channel on the
+final images against the starting images and uniform-noise images, for every side.
 
 How each side is set up (the same network weights for both; random, seeded, unless ``--weights``):
 - atlascope: ``render.featvis.render_units`` on ``render.lucent_compat.inceptionv1()`` wrapped by
   ``precompute.adapters.taking_unit_images`` with the registry's preprocessing, as ``atlascope precompute`` runs it:
   all units in batches of ``--batch``, the network cut at the target layer, ReLU gradients redirected for the first
-  quarter of the steps.
+  quarter of the steps, the network's fast forms (``render.fast_forward``), once per ``--precision`` (bfloat16 runs
+  the last quarter of the steps in float32). The process keeps freed memory (``precompute.allocator``) as the job's
+  does; lucent runs in the same process, so it gets that too.
 - lucent: ``lucent.optvis.render.render_vis(model, objectives.channel(layer, unit), ...)`` once per unit on a
   separate, un-hooked instance of the same network (render_vis maps [0, 1] to (-117, 138) itself for a model named
   InceptionV1), with ``param.image(size, fft=True, decorrelate=True)`` (batch 1), Adam at ``--lr``, ``thresholds=
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 
 from precompute.adapters import taking_unit_images
+from precompute.allocator import keep_freed_memory
 from precompute.registry import get_model
 from render.featvis import RenderConfig, channel, frozen, render_units
 from render.hooks import activations
@@ -103,6 +107,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--weights", help="a state dict for lucent's InceptionV1 (inception5h.pth)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of both sides; the best of each counts")
+    parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                        help="atlascope's network precision(s), each timed as its own side")
     parser.add_argument("--lucent-frozen", action="store_true",
                         help="turn off lucent's model's weight gradients (its README leaves them on)")
     args = parser.parse_args()
@@ -110,6 +116,7 @@ def main() -> None:
         sys.exit("lucent's colour decorrelation always runs on CUDA when there is a GPU: for a CPU comparison on a "
                  "GPU machine, run with CUDA_VISIBLE_DEVICES=")
     device = torch.device(args.device)
+    kept = keep_freed_memory()
     units = list(range(args.units))
     batch = min(args.batch, args.units)
     config = RenderConfig(steps=args.steps, size=args.size, lr=args.lr, seed=args.seed)
@@ -137,15 +144,17 @@ def main() -> None:
             return channel(acts, torch.tensor(slots, device=device)).cpu()
 
     # Warm-ups, not counted; atlascope's also gives the transform list it uses at this size and layer.
-    warm = render_units(ours, module, units[:batch], "channel", replace(config, steps=2), device)
+    for precision in args.precision:
+        warm = render_units(ours, module, units[:batch], "channel", replace(config, steps=2, precision=precision),
+                            device)
     transforms = lucent_transforms(warm.params["transforms"])
     lucent_render_unit(theirs, args.layer, units[0], replace(config, steps=2), transforms, device)
 
-    def run_ours() -> tuple[float, list]:
+    def run_ours(precision: str) -> tuple[float, list]:
         sync()
         started = time.perf_counter()
-        rendered = [render_units(ours, module, units[i:i + batch], "channel", config, device)
-                    for i in range(0, len(units), batch)]
+        rendered = [render_units(ours, module, units[i:i + batch], "channel", replace(config, precision=precision),
+                                 device) for i in range(0, len(units), batch)]
         sync()
         return time.perf_counter() - started, rendered
 
@@ -160,33 +169,35 @@ def main() -> None:
             per_unit.append(time.perf_counter() - unit_started)
         return time.perf_counter() - started, results, per_unit
 
-    # Rounds alternate which side goes first, so a change in the machine's load hits both; the best round counts.
-    rounds = []
+    # Rounds rotate which side goes first, so a change in the machine's load hits all; the best round of each counts.
+    sides = {**{precision: (lambda p=precision: run_ours(p)) for precision in args.precision}, "lucent": run_lucent}
+    order = list(sides)
+    seconds = {side: [] for side in sides}
+    last = {}
     for r in range(args.repeats):
-        if r % 2 == 0:
-            ours_round, lucent_round = run_ours(), run_lucent()
-        else:
-            lucent_round, ours_round = run_lucent(), run_ours()
-        rounds.append((ours_round[0], lucent_round[0], lucent_round[2]))
-    ours_seconds = min(o for o, _, _ in rounds)
-    lucent_seconds = min(t for _, t, _ in rounds)
-    rendered, results = ours_round[1], lucent_round[1]
+        for side in order[r % len(order):] + order[:r % len(order)]:
+            last[side] = sides[side]()
+            seconds[side].append(last[side][0])
+    best = {side: min(times) for side, times in seconds.items()}
+    results = last["lucent"][1]
+    per_unit = last["lucent"][2]
 
-    ours_final = torch.cat([r.images for r in rendered])
-    ours_reported = torch.cat([r.activations for r in rendered])
     ours_start = []
     for i in range(0, len(units), batch):  # the start images render_units optimised from (same seed, same draw)
         with seeded(config.seed), torch.no_grad():
             ours_start.append(fft_decorrelated_image(config.size, len(units[i:i + batch]), device)[1]().cpu())
     ours_start = torch.cat(ours_start)
+    finals = {precision: torch.cat([r.images for r in last[precision][1]]) for precision in args.precision}
     lucent_start = torch.cat([start.cpu() for start, _, _ in results])
-    lucent_final = torch.cat([final.cpu() for _, final, _ in results])
+    finals["lucent"] = torch.cat([final.cpu() for _, final, _ in results])
     returned = results[-1][2]
 
-    assert ours_final.shape == lucent_final.shape == (len(units), 3, args.size, args.size), \
-        (ours_final.shape, lucent_final.shape)
+    for precision in args.precision:
+        reported = torch.cat([r.activations for r in last[precision][1]])
+        assert torch.allclose(measure(finals[precision], units), reported, rtol=1e-3, atol=1e-4)
+    assert all(f.shape == (len(units), 3, args.size, args.size) for f in finals.values()), \
+        {side: f.shape for side, f in finals.items()}
     assert returned.shape == (1, args.size, args.size, 3), returned.shape  # render_vis's own array, NHWC
-    assert torch.allclose(measure(ours_final, units), ours_reported, rtol=1e-3, atol=1e-4)
 
     per_hour = lambda seconds: len(units) / seconds * 3600
     print("command: " + shlex.join([sys.executable.replace(sys.prefix, ".venv") if sys.prefix in sys.executable
@@ -194,28 +205,33 @@ def main() -> None:
     weights = f"weights {args.weights}" if args.weights else "random weights, seed 0"
     print(f"{len(units)} units of inceptionv1 {args.layer} ({weights}), "
           f"channel objective, {args.steps} steps, {args.size} px, Adam lr {args.lr}, on {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"transforms (both sides): {', '.join(warm.params['transforms'])}; lucent without resize "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; glibc malloc keeping freed memory "
+          f"(both sides, as `atlascope precompute` runs): {kept}")
+    print(f"transforms (all sides): {', '.join(warm.params['transforms'])}; lucent without resize "
           f"(fixed_image_size={None if args.size >= 224 else 0}); lucent weights "
           f"{'frozen' if args.lucent_frozen else 'with requires_grad (as its README)'}")
     if args.repeats > 1:
-        print("rounds (atlascope s, lucent s): " + "; ".join(f"{o:.1f}, {t:.1f}" for o, t, _ in rounds)
-              + " (odd rounds lucent first); best of each below")
-    per_unit = min(rounds, key=lambda r: r[1])[2]
-    print(f"  atlascope, batches of {batch}:  {ours_seconds:8.1f} s  {per_hour(ours_seconds):8.1f} units/hour  "
-          f"({ours_seconds / len(units):.2f} s/unit, {ours_seconds / len(units) / args.steps * 1000:.1f} ms/unit-step)")
-    print(f"  lucent render_vis, 1 per call: {lucent_seconds:8.1f} s  {per_hour(lucent_seconds):8.1f} units/hour  "
-          f"({lucent_seconds / len(units):.2f} s/unit, "
-          f"{lucent_seconds / len(units) / args.steps * 1000:.1f} ms/unit-step;"
+        print("rounds, seconds: " + "; ".join(f"{side} {', '.join(f'{t:.1f}' for t in times)}"
+                                              for side, times in seconds.items()) + "; best of each below")
+    for precision in args.precision:
+        tail = " (last quarter of the steps in float32)" if precision != "float32" else ""
+        print(f"  atlascope {precision}, batches of {batch}{tail}: {best[precision]:8.1f} s  "
+              f"{per_hour(best[precision]):8.1f} units/hour  ({best[precision] / len(units):.2f} s/unit, "
+              f"{best[precision] / len(units) / args.steps * 1000:.1f} ms/unit-step)")
+    print(f"  lucent render_vis, 1 per call: {best['lucent']:8.1f} s  {per_hour(best['lucent']):8.1f} units/hour  "
+          f"({best['lucent'] / len(units):.2f} s/unit, "
+          f"{best['lucent'] / len(units) / args.steps * 1000:.1f} ms/unit-step;"
           f" per call {', '.join(f'{t:.1f}' for t in per_unit)} s)")
-    print(f"  ratio atlascope / lucent: {lucent_seconds / ours_seconds:.2f}x units per hour")
-    print(f"  images: both {tuple(ours_final.shape[1:])} per unit, in [0, 1]")
+    for precision in args.precision:
+        print(f"  ratio atlascope {precision} / lucent: {best['lucent'] / best[precision]:.2f}x units per hour")
+    print(f"  images: all {tuple(finals['lucent'].shape[1:])} per unit, in [0, 1]")
     with seeded(config.seed):
         noise = measure(torch.rand(len(units), 3, args.size, args.size), units)
     print(f"sanity: mean channel activation over the units, start image -> final image (uniform noise images: "
           f"{noise.mean():.3f})")
-    for name, start, final in (("atlascope", ours_start, ours_final), ("lucent", lucent_start, lucent_final)):
-        a, b = measure(start, units), measure(final, units)
+    starts = {**{precision: ours_start for precision in args.precision}, "lucent": lucent_start}
+    for name, final in finals.items():
+        a, b = measure(starts[name], units), measure(final, units)
         print(f"  {name:9s}: {a.mean():.3f} -> {b.mean():.3f}; final above start for {(b > a).sum()}/{len(units)} "
               f"units, above uniform noise for {(b > noise).sum()}/{len(units)}; min gain {(b - a).min():.3f}")
 
