@@ -69,8 +69,8 @@ def print_plan(spec: ModelSpec, selection: list, objectives: list[str], config: 
     """Measure and print the plan: one row per layer as it is measured, then the totals."""
     console.print(f"{spec.slug}: feature visualisations of {sum(len(u) for _, u in selection):,} units in "
                   f"{len(selection)} layers, objectives {', '.join(objectives)}, {config.steps} steps at "
-                  f"{config.size} px, lr {config.lr}, {config.precision}, batches of {batch_size}, on {device}; measuring "
-                  f"a {MEASURED_STEPS}-step render of one batch per layer…")
+                  f"{config.size} px, lr {config.lr}, {config.precision}, batches of {batch_size}, on {device}; "
+                  f"measuring a {MEASURED_STEPS}-step render of one batch per layer…")
     found = estimate(spec, selection, objectives, config, batch_size, torch.device(device),
                      lambda e: console.print(f"  {e.layer}: {e.units} units, {e.batches} batches, "
                                              f"{e.seconds_per_step:.2f} s per batch step → "

@@ -75,7 +75,8 @@ def test_a_bfloat16_render_reaches_what_float32_reaches_and_says_how_it_was_made
     config = RenderConfig(steps=128, size=64, seed=0)
     reference = render_units(model, model.conv3, units, "channel", config)
     other_seed = render_units(model, model.conv3, units, "channel", RenderConfig(steps=128, size=64, seed=1))
-    bfloat16 = render_units(model, model.conv3, units, "channel", RenderConfig(steps=128, size=64, precision="bfloat16"))
+    bfloat16 = render_units(model, model.conv3, units, "channel",
+                            RenderConfig(steps=128, size=64, precision="bfloat16"))
     assert bfloat16.images.dtype == torch.float32
     # Objectives are scored in float32 on the final images: bfloat16's sit where another seed's do.
     chance = (other_seed.activations / reference.activations).median()
