@@ -7,7 +7,7 @@ is in eval mode), so one batch costs about one forward/backward of the network c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -108,9 +108,12 @@ def render_units(model: nn.Module, layer: nn.Module, units: Sequence[int], objec
 
         warm = int(config.steps * REDIRECTED_FRACTION)
         tail = int(config.steps * FLOAT32_TAIL_FRACTION) if config.precision != "float32" else 0
-        for i in range(config.steps):
-            with redirected_relus(model) if i < warm else nullcontext():
-                step(config.precision if i < config.steps - tail else "float32")
+        precisions = [config.precision] * (config.steps - tail) + ["float32"] * tail  # one per step
+        with redirected_relus(model):
+            for precision in precisions[:warm]:
+                step(precision)
+        for precision in precisions[warm:]:
+            step(precision)
         with torch.no_grad(), fast_forward("float32"):
             final = image()
             achieved = score(activations(model, target, channels_last(final))["layer"], slots)
