@@ -214,9 +214,9 @@ def precompute(
                                                            "128 px up, 0.1 below)."),
     objectives: Optional[str] = typer.Option(None, help="Vision: comma-separated: channel (default), neuron."),
     precision: str = typer.Option("float32", help="Vision: the network's precision while feature visualisations "
-                                                  "optimise: float32, or bfloat16 (about 1.5x faster on CPUs with "
-                                                  "AMX or AVX-512 BF16 and on GPUs; the last quarter of the steps "
-                                                  "stays float32: bench/render_precision.py)."),
+                                                  "optimise: float32, or bfloat16 (about 1.4x faster at 224 px on "
+                                                  "CPUs with AMX or AVX-512 BF16, and on GPUs; the last quarter of "
+                                                  "the steps stays float32: bench/render_precision.py)."),
     batch_size: int = typer.Option(FEATVIS["batch_size"], min=1, help="Vision: units rendered together."),
     seed: int = typer.Option(0, help="Seeds feature visualisations, random weights, the draw of random contexts, "
                                      "and pruning."),
