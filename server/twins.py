@@ -56,8 +56,8 @@ class Asset(Twin):
 
 class UnitImage(Asset):
     kind: str = Field(description="The objective: `channel` (mean over positions) or `neuron` (the centre position).")
-    params: dict[str, Any] = Field(description="How it was made: objective, steps, size, seed, lr, transforms, batch, "
-                                               "weights_sha256.")
+    params: dict[str, Any] = Field(description="How it was made: objective, steps, size, seed, lr, precision (and "
+                                               "float32_steps under bfloat16), transforms, batch, weights_sha256.")
     activation: float | None = Field(description="The unit's objective on the final, untransformed image.")
     times_dataset_max: float | None = Field(description="activation ÷ the largest the dataset sample produced "
                                                         "(channel images only).")
