@@ -473,9 +473,12 @@ def serve(
         web = create_app(atlas)  # fails here, once, on a missing or foreign atlas, before any worker starts
     except AtlasError as exc:
         raise fail(str(exc)) from None
-    if web.state.integrity != "ok":
-        err.print(f"[bold yellow]warning:[/] the atlas index is damaged ({escape(web.state.integrity)}); serving what "
-                  f"is readable, /-/health answers 503. `atlascope verify --atlas {escape(str(atlas))}` says more.")
+    check = web.state.check
+    if check.problem:
+        err.print(f"[bold yellow]warning:[/] {escape(check.problem)}; serving what is readable, /-/health answers 503")
+    elif check.pending:  # busy or interrupted: workers start all the same, and answer 503 until it is readable
+        err.print(f"[bold yellow]warning:[/] {escape(check.pending.message)}; serving all the same: pages answer 503 "
+                  f"until the index can be read")
     err.print(f"serving {atlas} at http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})")
     options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if workers == 1:

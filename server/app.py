@@ -1,11 +1,12 @@
 """The FastAPI application serving one atlas directory, read-only.
 
 ``create_app`` is also uvicorn's factory for ``atlascope serve --workers N``: each worker process opens the atlas,
-probes its integrity once, and keeps its own page cache.
+checks it once it can read it (``IndexCheck``), and keeps its own page cache.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,18 +26,59 @@ from server.templating import package_dir
 from server.watch import AtlasWatch
 from store import Atlas
 from store.atlas import DB_NAME
-from store.errors import classify
+from store.errors import BUSY, DAMAGED, INTERRUPTED, AtlasError, AtlasUnreadable, Failure, classify, describe
 
 
-def integrity(atlas: Atlas) -> str:
-    """SQLite's quick_check: ``ok`` or its first complaint. It reads every page once, which for an atlas index (a few
-    MB per thousand units; blobs live outside it) takes milliseconds, so it runs once per worker at start-up."""
-    try:
-        with atlas.sessions() as session:
-            return session.execute(text("PRAGMA quick_check(1)")).scalar() or "no answer from quick_check"
-    except DBAPIError as exc:
-        failure = classify(exc, atlas.root)
-        return failure.message if failure else str(exc)
+class IndexCheck:
+    """What a worker checks of the index before serving: an atlas's, of this format (``Atlas.check_readable``), and
+    intact by SQLite's quick_check, which reads every page once (milliseconds for an atlas index: blobs live outside
+    it).
+
+    A worker that starts while a writer holds the index (busy) or after one was killed mid-commit (interrupted) cannot
+    read it yet. It starts all the same and answers as a running worker would (pages 503, with ``Retry-After`` while
+    busy); the checks run again with the next page or health probe until they get an answer. An index SQLite cannot
+    read at all is damaged: served as far as it is readable, which may be nothing, with 503s saying so. Someone
+    else's database, or an atlas of another format version, is refused at start-up (``store.AtlasError``)."""
+
+    def __init__(self, atlas: Atlas):
+        self.atlas = atlas
+        self.integrity: str | None = None  # "ok", or what is wrong with the index; None until the checks could run
+        self.problem: str | None = None  # what is wrong, as one sentence, when integrity is not "ok"
+        self.pending: Failure | None = None  # why the checks have not run yet (busy, interrupted)
+        self._lock = threading.Lock()
+        self.run(at_start=True)
+
+    def run(self, at_start: bool = False) -> None:
+        """Run the checks unless they are done, or running on another thread (then this one does not wait)."""
+        if self.integrity is not None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self.atlas.check_readable()
+            with self.atlas.sessions() as session:
+                found = session.execute(text("PRAGMA quick_check(1)")).scalar() or "no answer from quick_check"
+            self.integrity, self.pending = found, None
+            self.problem = None if found == "ok" else describe(DAMAGED, self.atlas.db_path, found)
+        except AtlasUnreadable as exc:
+            self._unreadable(exc.failure)
+        except DBAPIError as exc:
+            failure = classify(exc, self.atlas.root)
+            if failure is None:
+                raise
+            self._unreadable(failure)
+        except AtlasError as exc:  # a foreign database, another format version
+            if at_start:
+                raise
+            self.integrity = self.problem = str(exc)
+            self.pending = None
+        finally:
+            self._lock.release()
+
+    def _unreadable(self, failure: Failure) -> None:
+        if failure.kind in (BUSY, INTERRUPTED):
+            self.pending = failure
+        else:
+            self.integrity = self.problem = failure.message
+            self.pending = None
 
 
 def openapi_without_422(app: FastAPI) -> dict:
@@ -55,9 +97,11 @@ def openapi_without_422(app: FastAPI) -> dict:
 
 
 def create_app(atlas_dir: Path | None = None) -> FastAPI:
-    """Open the atlas (``store.AtlasError`` if it is missing or unreadable) and build the app that serves it."""
+    """Open the atlas and build the app that serves it: ``store.AtlasError`` if there is none, or it is someone else's
+    database or an atlas of another format version. A busy, interrupted or damaged index is served (``IndexCheck``)."""
     settings = Settings() if atlas_dir is None else Settings(atlas=atlas_dir)
-    atlas = Atlas.open_readonly(settings.atlas)
+    atlas = Atlas.open_unchecked(settings.atlas)
+    check = IndexCheck(atlas)
     watch = AtlasWatch(atlas.root, atlas.root / DB_NAME)
 
     @asynccontextmanager
@@ -72,7 +116,7 @@ def create_app(atlas_dir: Path | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.atlas = atlas
     app.state.watch = watch
-    app.state.integrity = integrity(atlas)
+    app.state.check = check
     app.state.damage = None  # set by the first page that finds the index damaged
     app.state.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="atlascope-page")
     app.state.health_executor = ThreadPoolExecutor(1, thread_name_prefix="atlascope-health")

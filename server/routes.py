@@ -105,8 +105,10 @@ async def twin_response(request: Request, builder: Callable[..., dict], twin: ty
                         template: str | None = None) -> Response:
     """Build a page in the executor, validate it against its twin model, and send it as JSON or render it as HTML."""
     atlas, writer_active = request.app.state.atlas, request.app.state.watch.writer_active()
+    check = request.app.state.check
 
     def work() -> Response:
+        check.run()  # a worker that started on an unreadable index checks it once it can
         with atlas.sessions() as session:
             page = twin.model_validate(builder(session, *args, writer_active=writer_active))
         if template is None:
@@ -329,9 +331,11 @@ async def health(request: Request) -> Response:
     state = request.app.state
 
     def work() -> JSONResponse:
+        check = state.check
+        check.run()
         body = {"format_version": FORMAT_VERSION, "generation": state.watch.change_counter(),
-                "writer_active": state.watch.writer_active(), "integrity": state.integrity, "models": None,
-                "status": "ok", "message": None}
+                "writer_active": state.watch.writer_active(), "models": None, "status": "ok", "message": None,
+                "integrity": check.integrity or "not checked yet: the index has not been readable since start-up"}
         try:
             with state.atlas.sessions() as session:
                 body["models"] = session.scalar(select(func.count()).select_from(Model))
@@ -341,8 +345,8 @@ async def health(request: Request) -> Response:
                 raise
             status = failure.kind if failure.kind in (BUSY, INTERRUPTED) else "damaged"
             body["status"], body["message"] = status, failure.message
-        if body["status"] == "ok" and (state.damage or state.integrity != "ok"):
-            body["status"], body["message"] = "damaged", state.damage or f"atlas index damaged: {state.integrity}"
+        if body["status"] == "ok" and (state.damage or check.problem):
+            body["status"], body["message"] = "damaged", state.damage or check.problem
         return JSONResponse(Health(**body).model_dump(mode="json"), status_code=200 if body["status"] == "ok" else 503)
 
     return await asyncio.get_running_loop().run_in_executor(state.health_executor, work)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.errors import BUSY, DAMAGED, INTERRUPTED, AtlasError, classify, describe, unwritable
+from store.errors import BUSY, DAMAGED, INTERRUPTED, AtlasError, AtlasUnreadable, classify, describe, unwritable
 from store.lock import writer_lock
 from store.schema import FORMAT_VERSION, MIGRATIONS, Asset, Base, Meta, unreferenced_assets
 
@@ -54,17 +54,22 @@ class Atlas:
     def open_readonly(cls, root: Path | str) -> Atlas:
         """Open for serving. SQLite's ``mode=ro`` guarantees the server never writes, even by mistake."""
         atlas = cls.open_unchecked(root)
-        try:
-            with atlas.engine.connect() as conn:
-                found = format_version(conn, atlas.db_path)
-        except DatabaseError as exc:
-            failure = classify(exc, atlas.db_path)
-            if failure is not None and failure.kind in (INTERRUPTED, BUSY):  # a sound atlas, just not readable now
-                raise AtlasError(failure.message) from exc
-            raise AtlasError(f"{atlas.db_path} is not an atlas index: {exc.orig}") from exc
-        if problem := version_problem(atlas.root, found):
-            raise AtlasError(problem)
+        atlas.check_readable()
         return atlas
+
+    def check_readable(self) -> None:
+        """That the index is an atlas's of this format: AtlasUnreadable when SQLite cannot read it now (busy,
+        interrupted, damaged), AtlasError when it is someone else's database or of another format version."""
+        try:
+            with self.engine.connect() as conn:
+                found = format_version(conn, self.db_path)
+        except DatabaseError as exc:
+            failure = classify(exc, self.db_path)
+            if failure is not None and failure.kind in (INTERRUPTED, BUSY, DAMAGED):
+                raise AtlasUnreadable(failure) from exc
+            raise AtlasError(f"{self.db_path} is not an atlas index: {exc.orig}") from exc
+        if problem := version_problem(self.root, found):
+            raise AtlasError(problem)
 
     @classmethod
     def open_unchecked(cls, root: Path | str) -> Atlas:

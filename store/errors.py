@@ -44,6 +44,15 @@ class AtlasError(Exception):
     """The directory is not a usable atlas: missing, damaged, foreign, of another format version, or being written."""
 
 
+class AtlasUnreadable(AtlasError):
+    """An atlas index that SQLite cannot read now: busy (a writer's lock), interrupted (a hot journal) or damaged.
+    ``failure`` says which. A server starts anyway and answers 503 until it can read it; the job refuses it."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 @dataclass(frozen=True)
 class Failure:
     kind: str  # one of the constants above

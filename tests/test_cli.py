@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,34 @@ def test_serve_without_torch_reports_a_missing_atlas(tmp_path: Path):
     assert "no atlas at" in done.stderr and "atlascope precompute" in " ".join(done.stderr.split())
 
 
-def test_serve_refuses_a_file_that_is_not_an_atlas(tmp_path: Path):
+def test_serve_calls_an_index_that_is_not_a_database_damaged_and_answers_503(tmp_path: Path):
+    """As precompute does (one word for one thing), and it serves what is readable: here nothing, each page a 503
+    saying so, rather than a process that exits (and is restarted, and exits)."""
+    import httpx
+
+    from tests.conftest import free_port
+
     (tmp_path / "atlas.db").write_bytes(b"not sqlite at all" * 100)
-    done = subprocess.run([*NO_TORCH, "serve", "--atlas", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "is not an atlas index" in done.stderr
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*NO_TORCH, "serve", "--atlas", str(tmp_path), "--port", str(port), "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            assert proc.poll() is None, log.read_text()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/-/health", timeout=10)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health.status_code == 503 and health.json()["status"] == "damaged", health.text
+        page = httpx.get(f"http://127.0.0.1:{port}/.json", timeout=10)
+        assert page.status_code == 503 and "is damaged" in page.json()["error"]["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    output = log.read_text()
+    assert "is damaged (file is not a database)" in output and "not an atlas index" not in output
 
 
 def test_precompute_without_torch_says_what_to_install(tmp_path: Path):
