@@ -21,7 +21,8 @@ from precompute.lm.tasks import SPLITS, TASKS, Pair, Task, split, split_of
 TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "precompute" / "organisms" / "tinylm_tokenizer.json"
 
 
-@pytest.mark.parametrize("name", ["single_double_quote", "bracket_counting", "set_or_string"])
+@pytest.mark.parametrize("name", ["single_double_quote", "bracket_counting", "set_or_string",
+                                  "set_or_string_fixedvarname"])
 def test_required_tasks_are_registered(name):
     assert TASKS[name].name == name and len(set(TASKS[name].candidates)) == 2
 
@@ -74,10 +75,11 @@ def test_bracket_depth_is_the_number_of_open_brackets():
         assert pair.prompt.count("[") - pair.prompt.count("]") == pair.meta["depth"] == len(pair.correct)
 
 
-def test_set_or_string_prompt_ends_with_the_variable_its_initialisation_decides():
+@pytest.mark.parametrize("name", ["set_or_string", "set_or_string_fixedvarname"])
+def test_set_or_string_prompt_ends_with_the_variable_its_initialisation_decides(name):
     """The last line is the variable alone; only its initialisation, lines earlier, says set or string, and no line
-    in between starts with it."""
-    for pair in TASKS["set_or_string"].pairs(0, 300):
+    in between starts with it. OpenAI's fixed-name variant always calls it ``current``."""
+    for pair in TASKS[name].pairs(0, 300):
         assert compiles(pair.prompt + pair.correct + pair.rest), pair
         var = pair.prompt.rsplit("\n", 1)[1].strip()
         starts = re.findall(rf"^\s*{var}\b.*$", pair.prompt, re.M)
@@ -85,6 +87,7 @@ def test_set_or_string_prompt_ends_with_the_variable_its_initialisation_decides(
         init = starts[0].split("=", 1)[1].strip()
         assert init == "set()" if pair.correct == ".add" else init in ('""', "''")
         assert (pair.correct == ".add") == (pair.meta["kind"] == "set")
+        assert var == "current" or name == "set_or_string"
 
 
 # --- with the committed tokenizer -----------------------------------------------------------------------------------

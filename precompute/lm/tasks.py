@@ -135,6 +135,40 @@ def split(task: Task, which: str, n: int, seed: int = 0) -> list[Pair]:
     return _draw(task, random.Random(f"{task.name}/{which}/{seed}"), n, keep=lambda prompt: split_of(prompt) == which)
 
 
+def contrastive_split(task: Task, which: str, n: int, seed: int = 0) -> list[tuple[Pair, Pair]]:
+    """``n`` contrastive pairs of a split, for pruning: each is two prompts drawn from one seed, one answering each of
+    the task's candidates (the first candidate's first), so a minibatch of them holds both answers in equal number,
+    and where a template's draws do not depend on the answer (the quote task's do not) the two prompts differ only
+    where the task decides.
+
+    Seeds are ``{task}/{which}/{seed}/contrastive/{i}`` for i = 0, 1, ...; a seed is skipped unless both of its
+    prompts belong to the split by ``split_of`` (so no prompt of one split is in the other, as ``split`` keeps them),
+    differ, and are new to the list."""
+    if which not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {which!r}")
+    out: list[tuple[Pair, Pair]] = []
+    seen: set[str] = set()
+    index = misses = 0
+    while len(out) < n:
+        source = f"{task.name}/{which}/{seed}/contrastive/{index}"
+        index += 1
+        first, second = (task.make(random.Random(source), answer) for answer in task.candidates)
+        for pair, answer in ((first, task.candidates[0]), (second, task.candidates[1])):
+            if (pair.correct, pair.wrong) != (answer, _other(task, answer)):
+                raise ValueError(f"task {task.name!r}: asked for a pair answering {answer!r}, got correct "
+                                 f"{pair.correct!r} and wrong {pair.wrong!r}")
+        prompts = (first.prompt, second.prompt)
+        if (first.prompt != second.prompt and not seen.intersection(prompts)
+                and split_of(first.prompt) == which == split_of(second.prompt)):
+            out.append((first, second))
+            seen.update(prompts)
+            misses = 0
+        elif (misses := misses + 1) >= _TRIES:
+            raise ValueError(f"task {task.name!r}: no new contrastive pair in the {which!r} split in {_TRIES} draws "
+                             f"after {len(out)}; it has too few distinct prompts for n={n}")
+    return out
+
+
 # Shared vocabulary of the templates. Names are drawn independently of the answer, so none of them hints at it.
 _NAMES = ("result", "value", "data", "items", "name", "text", "label", "key", "path", "out", "buf", "parts", "msg",
           "line", "token", "prefix", "record", "entry", "node", "cache", "seen", "tags", "fields", "chunk", "header",
@@ -298,9 +332,9 @@ def _filler(rng: random.Random, names: list[str], loop_var: str | None) -> str:
     return rng.choice(options)
 
 
-def _set_or_string_pair(rng: random.Random, answer: str) -> Pair:
+def _set_or_string_pair(rng: random.Random, answer: str, fixed_name: str | None = None) -> Pair:
     is_set = answer == ".add"
-    var, arg, item, *others = _names(rng, 6)
+    var, arg, item, *others = _names(rng, 6) if fixed_name is None else [fixed_name, *_other_names(rng, 5, fixed_name)]
     init = "set()" if is_set else rng.choice(('""', "''"))
     lines = [_function(rng, arg), f"    {var} = {init}\n"]
     lines += [f"    {_filler(rng, others, None)}\n" for _ in range(rng.randint(0, 3))]
@@ -323,7 +357,28 @@ SET_OR_STRING = Task(
     (".add", " +="), _set_or_string_pair)
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (SINGLE_DOUBLE_QUOTE, BRACKET_COUNTING, SET_OR_STRING)}
+FIXED_VARIABLE = "current"  # the name OpenAI's set_or_string_fixedvarname gives the variable
+
+
+def _other_names(rng: random.Random, k: int, excluded: str) -> list[str]:
+    """``k`` distinct variable names, none of them ``excluded`` (nor qualified forms of it)."""
+    names: list[str] = []
+    while len(names) < k:
+        name = _name(rng)
+        if excluded not in name and name not in names:
+            names.append(name)
+    return names
+
+
+SET_OR_STRING_FIXEDVARNAME = Task(
+    "set_or_string_fixedvarname",
+    f"set_or_string with the variable always named {FIXED_VARIABLE!r} (OpenAI's variant): no binding of a name to "
+    "its type, only whether set() or \"\" made it.",
+    (".add", " +="), lambda rng, answer: _set_or_string_pair(rng, answer, fixed_name=FIXED_VARIABLE))
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (SINGLE_DOUBLE_QUOTE, BRACKET_COUNTING, SET_OR_STRING,
+                                                         SET_OR_STRING_FIXEDVARNAME)}
 
 
 def load_task(target: str) -> Task:

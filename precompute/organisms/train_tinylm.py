@@ -24,12 +24,15 @@ import numpy as np
 import torch
 import typer
 
-from precompute.lm import compact, corpus, sparsity
-from precompute.lm.evaluate import heldout_loss
+from precompute.lm import compact, corpus, sparsity, synthetic
+from precompute.lm import tokenizer as tokenizing
+from precompute.lm.evaluate import heldout_loss, task_metrics
 from precompute.lm.model import GPTConfig, SparseGPT
+from precompute.lm.tasks import TASKS, split
 from precompute.organisms import tinylm
 
 EARLY_EVAL_TOKENS = 32_768  # held-out tokens scored at each check: enough to see a 0.01-nat change
+MONITOR_PAIRS = 128  # pruning pairs per task scored at each check
 
 
 def architecture() -> GPTConfig:
@@ -39,12 +42,16 @@ def architecture() -> GPTConfig:
                      afrac=0.25, enable_bigram_table=True, learnable_bigram_table=True, bigram_table_rank=128)
 
 
-def batches(tokens: np.ndarray, context: int, batch: int, seed: int):
-    """Endless random windows of ``context + 1`` tokens: [batch, context + 1] int64."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(tokens) - context - 1, (batch,), generator=generator).numpy()
-        yield torch.from_numpy(np.stack([tokens[s:s + context + 1] for s in starts]).astype(np.int64))
+def windows(sources: list[tuple[np.ndarray, int]], context: int, seed: int, step: int) -> torch.Tensor:
+    """Step ``step``'s batch: from each (token stream, count) that many random windows of ``context + 1`` tokens,
+    [sum of counts, context + 1] int64. Seeded by (seed, step) alone, so a resumed run sees the batches an
+    uninterrupted one would."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    rows = []
+    for tokens, count in sources:
+        starts = torch.randint(0, len(tokens) - context - 1, (count,), generator=generator).numpy()
+        rows += [tokens[s:s + context + 1] for s in starts]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -56,19 +63,37 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def task_progress(model: SparseGPT, tokenizer, pairs: int) -> str:
+    """Accuracy and loss on ``pairs`` pruning pairs of every task (the evaluation pairs stay unseen until the card)."""
+    parts = []
+    for name, task in TASKS.items():
+        metrics = task_metrics(model, tokenizer, task, split(task, "prune", pairs))
+        parts.append(f"{name} {metrics['accuracy']:.2f}/{metrics['loss']:.3f}")
+    return "  ".join(parts)
+
+
+def checkpoint_path(kind: str) -> Path:
+    return corpus.cache_root() / f"train-tinylm-{kind}.ckpt"
+
+
 def main(
     kind: str = typer.Argument(..., help="sparse or dense"),
     steps: int = typer.Option(3000, help="Optimizer steps (the dense twin may stop earlier)."),
     batch: int = typer.Option(32, help="Windows per step."),
+    synthetic_share: float = typer.Option(0.25, help="Share of each batch's windows from generated Python."),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
     target: float = typer.Option(1 / 16, help="Nonzero fraction of each weight matrix at the end (sparse only)."),
     stop_at_loss_of: Path | None = typer.Option(None, help="A model card: stop when the held-out loss reaches its."),
-    eval_every: int = typer.Option(100, help="Steps between held-out checks."),
+    eval_every: int = typer.Option(100, help="Steps between held-out checks (and checkpoints)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint of this kind, if there is one."),
+    precision: str = typer.Option("float32", help="float32, or bfloat16 (autocast matmuls; needs native support)."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="CPU threads."),
 ) -> None:
     if kind not in ("sparse", "dense"):
         raise typer.BadParameter("kind is sparse or dense")
+    if precision not in ("float32", "bfloat16"):
+        raise typer.BadParameter("precision is float32 or bfloat16")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     config = architecture()
@@ -76,6 +101,12 @@ def main(
     matrices = model.sparse_matrices()
     found = corpus.discover()
     train = corpus.train_tokens(found)
+    synthetic_windows = round(batch * synthetic_share)
+    tokenizer = tokenizing.load_tokenizer()
+    generated = synthetic.tokens(tokenizer, steps * synthetic_windows * config.block_size, seed)
+    sources = [(train, batch - synthetic_windows), (generated, synthetic_windows)]
+    print(f"training mix per step: {batch - synthetic_windows} windows of {len(train):,} corpus tokens, "
+          f"{synthetic_windows} of {len(generated):,} generated tokens", flush=True)
     heldout = corpus.load_heldout().tokens
     stop_loss = json.loads(stop_at_loss_of.read_text())["heldout"]["loss"] if stop_at_loss_of else None
     decay = [p for p in model.parameters() if p.dim() == 2]
@@ -83,32 +114,44 @@ def main(
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.95))
     params = list(model.parameters())
-    started, seen, step = time.time(), 0, 0
-    for step, windows in enumerate(batches(train, config.block_size, batch, seed), start=1):
+    saved, step, seen, spent = checkpoint_path(kind), 0, 0, 0.0
+    if resume and saved.exists():
+        state = torch.load(saved, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seen, spent = state["step"], state["seen"], state["seconds"]
+        print(f"resumed {saved} at step {step}", flush=True)
+    started = time.time() - spent
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    while step < steps:
+        step += 1
+        batch_windows = windows(sources, config.block_size, seed, step)
         fraction = sparsity.kept_fraction(step, steps, target) if kind == "sparse" else 1.0
         scale = sparsity.lr_scale(fraction, target) if kind == "sparse" else 1.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - 1, steps, lr) * scale
         model.train()
-        logits = model(windows[:, :-1])  # [batch, context, vocab]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        with autocast:
+            logits = model(batch_windows[:, :-1])  # [batch, context, vocab]
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch_windows[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sparsity.rescale_gradients_(params)
         optimizer.step()
         if kind == "sparse":
             sparsity.sparsify_(matrices, fraction)
-        seen += windows[:, :-1].numel()
+        seen += batch_windows[:, :-1].numel()
         if step % eval_every == 0 or step == steps:
             model.eval()
             held = heldout_loss(model, heldout[:EARLY_EVAL_TOKENS], config.block_size, 64)
             print(f"step {step}/{steps}  train {loss.item():.3f}  held-out {held:.3f}  kept {fraction:.4f}  "
-                  f"{seen / (time.time() - started):,.0f} tok/s  {time.time() - started:.0f}s", flush=True)
+                  f"{seen / (time.time() - started):,.0f} tok/s  {time.time() - started:.0f}s  "
+                  f"{task_progress(model, tokenizer, MONITOR_PAIRS)}", flush=True)
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "seen": seen, "seconds": time.time() - started}, saved)
             if stop_loss is not None and held <= stop_loss:
                 print(f"held-out loss {held:.3f} reached the sparse model's {stop_loss:.3f}: stopping", flush=True)
                 break
-        if step >= steps:
-            break
     seconds = time.time() - started
     slug = f"tinylm-{kind}"
     weights = tinylm.weights_path(slug)
@@ -116,8 +159,10 @@ def main(
     training = {"command": "python -m precompute.organisms.train_tinylm " + shlex.join(sys.argv[1:]),
                 "seconds": round(seconds), "steps": step, "tokens": seen, "threads": threads, "batch": batch,
                 "context": config.block_size, "peak_lr": lr, "seed": seed, "torch": torch.__version__,
-                "target": target if kind == "sparse" else None,
+                "precision": precision, "target": target if kind == "sparse" else None,
                 "corpus_sha256": found.hash, "corpus_files": len(found.split("train")),
+                "synthetic": {"share": synthetic_windows / batch, "tokens": len(generated), "seed": seed,
+                              "generator": "precompute.lm.synthetic (quotes, nested lists, accumulators)"},
                 "recipe": "AdamW (0.9, 0.95), wd 0.01 on matrices; gradients rescaled to RMS 1; warm-up 2% then "
                           "cosine to 10%" + ("; top-k |w| per matrix after every step (>= 4 per row), kept fraction "
                                              "1 -> target linearly over 1%-50% of training, lr x sqrt(target/kept)"

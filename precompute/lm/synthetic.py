@@ -1,0 +1,261 @@
+"""Procedurally generated Python for the tiny LMs' training mix: code that exercises what the tasks test.
+
+Python source on a machine holds few examples of what the next-token tasks decide (a list closed at depth two, a
+variable built as a set and later grown with ``.add``), so a 2-layer organism trained on it alone stays at chance on
+them. This module writes small, valid Python files dense in those features: string literals of both quote styles,
+nested list literals, and accumulators of several types (sets, strings, lists, counters) grown later in a function.
+
+It never shares code, seeds or vocabulary with ``precompute.lm.tasks``: its identifiers, function names and words
+inside strings come from lists disjoint from the tasks' (a test checks the lists and that no evaluation prompt
+occurs in the generated stream), so a model that solves the tasks has learnt the rule, not the prompts.
+
+No torch here; ``precompute.organisms.train_tinylm`` mixes windows of ``tokens(...)`` into its batches.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from precompute.lm import tokenizer as tokenizing
+
+CHUNK = 2048  # files generated and encoded at a time
+
+# Vocabulary disjoint from precompute.lm.tasks' _NAMES, _QUALIFIERS, _FUNCS, _OBJECTS and _WORDS.
+IDENTIFIERS = ("total", "counts", "grid", "matrix", "weights", "pairs", "names", "words", "seen_ids", "visited",
+               "letters", "lines_out", "pieces", "summary", "report", "answer", "res", "acc_str", "digits", "keys",
+               "uniq", "flags", "batch", "queue", "stack", "groups", "cells", "coords", "scores", "ranks", "labels",
+               "ids", "members", "suffix", "joined", "banner", "html", "sql", "query", "row", "col", "col_names",
+               "tokens_seen", "used", "vals", "errors", "warnings", "notes", "heads", "tails", "words_seen", "outputs",
+               "hits", "misses", "sizes", "ext", "exts", "paths", "dirs", "urls", "hosts", "emails", "codes",
+               "seen_names", "result_set", "text_out", "s", "t", "u", "w", "z", "out_str", "found", "todo", "done_ids",
+               "chars", "vowels", "primes", "evens", "odds", "squares", "table", "board", "image", "kernel", "bias",
+               "sample", "samples", "points", "edges", "nodes_seen", "graph", "adj", "layer", "layers", "block")
+FUNCTIONS = ("compute", "gather", "scan", "walk", "merge", "split", "encode", "decode", "clean", "normalize",
+             "summarize", "count", "filter", "select", "index", "convert", "emit", "dump", "join", "flatten",
+             "tokenize", "describe", "visit", "resolve", "expand", "reduce", "pack", "unpack", "validate", "apply")
+ARGUMENTS = ("xs", "seq", "items_in", "values_in", "rows_in", "it", "words_in", "lines_in", "stream", "src", "obj",
+             "doc", "words_list", "records", "entries")
+STRING_WORDS = ("hello", "world", "alpha", "beta", "gamma", "delta", "red", "green", "blue", "yes", "north", "south",
+                "east", "west", "apple", "orange", "cat", "dog", "start", "stop", "begin", "end", "left", "right",
+                "up", "down", "small", "large", "fast", "slow", "warning", "skipping", "retry", "saved", "created",
+                "deleted", "updated", "ready", "pending", "total", "count", "size", "width", "height", "score",
+                "level", "step", "epoch", "batch", "rate", "this", "that", "there", "here", "some", "more", "less",
+                "x", "y", "id", "ms", "px", "kb", "please", "try", "again", "later", "welcome", "goodbye", "unit",
+                "test", "sample", "debug", "info", "trace", "%s", "%d", "=", "->", "#", "-", "/", "*")
+CALLS = ("len", "sorted", "str", "repr", "sum", "list", "tuple", "round", "hash", "ord")
+
+
+def _ident(rng: random.Random) -> str:
+    return rng.choice(IDENTIFIERS)
+
+
+def _idents(rng: random.Random, k: int) -> list[str]:
+    return rng.sample(IDENTIFIERS, k)
+
+
+def _words(rng: random.Random, low: int = 1, high: int = 6) -> str:
+    return " ".join(rng.choice(STRING_WORDS) for _ in range(rng.randint(low, high)))
+
+
+def _string(rng: random.Random, names: list[str]) -> str:
+    """A string literal, either quote, sometimes an f-string with a placeholder, sometimes holding the other quote."""
+    quote = rng.choice("'\"")
+    other = "'" if quote == '"' else '"'
+    body = _words(rng)
+    roll = rng.random()
+    if roll < 0.15:
+        body = f"{body} {{{rng.choice(names)}}} {_words(rng, 1, 3)}"
+        return f"f{quote}{body}{quote}"
+    if roll < 0.25:
+        body = f"{body} {other}{_words(rng, 1, 2)}{other}"
+    return f"{quote}{body}{quote}"
+
+
+def _header(rng: random.Random) -> tuple[str, str]:
+    """A function definition line and its argument name."""
+    arg = rng.choice(ARGUMENTS)
+    return f"def {rng.choice(FUNCTIONS)}_{_ident(rng)}({arg}):\n", arg
+
+
+def quotes_file(rng: random.Random) -> str:
+    """A function full of string literals in the contexts code uses them: assignments, returns, calls, dict keys,
+    conditionals, logging, comparisons."""
+    header, arg = _header(rng)
+    lines = [header]
+    names = _idents(rng, 4)
+    for _ in range(rng.randint(3, 9)):
+        a, b, c, d = rng.sample(names, 4)
+        lines.append("    " + rng.choice((
+            f"{a} = {_string(rng, names)}",
+            f"{a} = {b} + {_string(rng, names)}",
+            f"{a} += {_string(rng, names)}",
+            f"print({_string(rng, names)})",
+            f"print({_string(rng, names)}, {b})",
+            f"{a} = {{{_string(rng, names)}: {b}, {_string(rng, names)}: {c}}}",
+            f"{a}[{_string(rng, names)}] = {_string(rng, names)}",
+            f"if {a} == {_string(rng, names)}:\n        {b} = {_string(rng, names)}",
+            f"{a} = {b}.get({_string(rng, names)}, {_string(rng, names)})",
+            f"{a} = {_string(rng, names)} if {b} else {_string(rng, names)}",
+            f"{a} = {b} or {_string(rng, names)}",
+            f"{a}.append({_string(rng, names)})",
+            f"{a} = {_string(rng, names)}.join({b})",
+            f"{a} = {_string(rng, names)}.format({b})",
+            f"assert {a}, {_string(rng, names)}",
+            f"raise KeyError({_string(rng, names)})",
+            f"{a} = [{_string(rng, names)}, {_string(rng, names)}, {_string(rng, names)}]",
+            f"{a} = {d}({_string(rng, names)}, {c}={_string(rng, names)})",
+        )) + "\n")
+    lines.append(f"    return {rng.choice(names)}\n")
+    return "".join(lines)
+
+
+def _atom(rng: random.Random, names: list[str]) -> str:
+    roll = rng.random()
+    if roll < 0.45:
+        return str(rng.randint(0, 99))
+    if roll < 0.6:
+        return f"{rng.randint(0, 9)}.{rng.randint(0, 9)}"
+    if roll < 0.75:
+        return rng.choice(names)
+    if roll < 0.85:
+        return f"{rng.choice(names)}[{rng.randint(0, 5)}]"
+    if roll < 0.92:
+        return f"{rng.choice(CALLS)}({rng.choice(names)})"
+    return f"-{rng.randint(1, 9)}"
+
+
+def nested_list(rng: random.Random, names: list[str], depth: int) -> str:
+    """A list literal nested ``depth`` deep (1-3), rows of varied length."""
+    if depth == 1:
+        return "[" + ", ".join(_atom(rng, names) for _ in range(rng.randint(1, 6))) + "]"
+    return "[" + ", ".join(nested_list(rng, names, depth - 1) for _ in range(rng.randint(1, 4))) + "]"
+
+
+def lists_file(rng: random.Random) -> str:
+    """Assignments, returns and calls with list literals of depth 1-3. Most end their line with the closing brackets
+    (so ``]`` and ``]]`` are tokens of their own, as where code ends a statement); some close inside a call or loop."""
+    names = _idents(rng, 5)
+    indent = ""
+    lines = []
+    if rng.random() < 0.5:
+        header, arg = _header(rng)
+        lines.append(header)
+        names[0] = arg
+        indent = "    "
+    for _ in range(rng.randint(3, 8)):
+        depth = rng.choice((1, 1, 2, 2, 2, 3))
+        literal = nested_list(rng, names, depth)
+        target = rng.choice(names[1:])
+        wrapper = rng.choice(("np.array", "torch.tensor", "list", "tuple", "np.asarray", "validate"))
+        lines.append(indent + rng.choice((
+            f"{target} = {literal}",
+            f"{target} = {literal}",
+            f"{target} += {literal}",
+            f"{target}[{rng.randint(0, 9)}] = {literal}",
+            f"{target}.{rng.choice(IDENTIFIERS)} = {literal}",
+            f"{target} = {wrapper}(\n{indent}    {literal}\n{indent})",
+            f"{target}.extend({literal})",
+            f"for {names[0]} in {literal}:\n{indent}    {target}.append({names[0]})",
+        )) + "\n")
+    if indent:
+        lines.append(f"    return {nested_list(rng, names, rng.choice((1, 2)))}\n")
+    return "".join(lines)
+
+
+# (initial value, how it grows, what a grown value looks like) per accumulator kind
+_GROWTH: dict[str, tuple[tuple[str, ...], Callable[[str, str], str]]] = {
+    "set": (("set()",), lambda var, item: f"{var}.add({item})"),
+    "str": (('""', "''"), lambda var, item: f"{var} += {item}"),
+    "list": (("[]",), lambda var, item: f"{var}.append({item})"),
+    "int": (("0",), lambda var, item: f"{var} += 1"),
+    "dict": (("{}",), lambda var, item: f"{var}[{item}] = 1"),
+}
+
+
+def _string_item(rng: random.Random, item: str) -> str:
+    return rng.choice((item, f"str({item})", f"{item}.lower()", _string(rng, [item]), f"{item} + ' '",
+                       f'"{rng.choice(STRING_WORDS)}"'))
+
+
+def accumulators_file(rng: random.Random) -> str:
+    """A function that builds accumulators and grows them after unrelated statements, as code does: usually one (a
+    set grown by ``.add`` or a string by ``+=``), sometimes two or three of different kinds (a list, a counter, a
+    dict beside them), so the type set at the top, not the last method seen, decides how a variable grows."""
+    header, arg = _header(rng)
+    kinds = [rng.choice(("set", "str"))]
+    if rng.random() < 0.4:
+        kinds += rng.sample([kind for kind in _GROWTH if kind != kinds[0]], rng.randint(1, 2))
+        rng.shuffle(kinds)
+    names = _idents(rng, len(kinds) + 2)
+    item, other = names[-2:]
+    lines = [header]
+    for kind, var in zip(kinds, names):
+        lines.append(f"    {var} = {rng.choice(_GROWTH[kind][0])}\n")
+    for _ in range(rng.randint(0, 2)):
+        lines.append(f"    {other} = {rng.choice((f'len({arg})', '0', 'None', f'{arg}[0]', 'True', '[]'))}\n")
+    lines.append(f"    {rng.choice((f'for {item} in {arg}:', f'for {item} in sorted({arg}):', f'if {arg}:'))}\n")
+    body = "        "
+    order = kinds * rng.randint(1, 2)
+    rng.shuffle(order)
+    for kind in order:
+        var = names[kinds.index(kind)]
+        if rng.random() < 0.4:
+            lines.append(f"{body}{other} = {rng.choice((item, f'{other} + 1', f'len({item})', '[]'))}\n")
+        grown = _string_item(rng, item) if kind == "str" else item
+        lines.append(body + _GROWTH[kind][1](var, grown) + "\n")
+    lines.append(f"    return {rng.choice(names[:len(kinds)])}\n")
+    return "".join(lines)
+
+
+GENERATORS: dict[str, Callable[[random.Random], str]] = {
+    "quotes": quotes_file,
+    "lists": lists_file,
+    "accumulators": accumulators_file,
+}
+
+
+def files(seed: int) -> Iterator[str]:
+    """An endless seeded stream of generated files, the three kinds in turn (seeds are ``synthetic/<seed>``: the
+    tasks draw theirs from ``<task>/<split>/<seed>``)."""
+    rng = random.Random(f"synthetic/{seed}")
+    while True:
+        for make in GENERATORS.values():
+            yield make(rng)
+
+
+def chunks(tokenizer: Tokenizer, seed: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """The stream ``files(seed)`` in chunks of ``CHUNK``: (texts, each text's ids followed by ``<|endoftext|>``, as
+    corpus documents are, uint16)."""
+    eot = tokenizing.eot_id(tokenizer)
+    stream = files(seed)
+    while True:
+        texts = [next(stream) for _ in range(CHUNK)]
+        yield texts, [np.array([*e.ids, eot], dtype=np.uint16)
+                      for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def tokens(tokenizer: Tokenizer, count: int, seed: int) -> np.ndarray:
+    """Whole chunks of the stream until at least ``count`` tokens: uint16 [n >= count], the generated text a training
+    run reads (``train_tinylm`` records n on the card, so ``texts`` gives back the very files)."""
+    pieces, total = [], 0
+    for _, ids in chunks(tokenizer, seed):
+        pieces += ids
+        total += sum(map(len, ids))
+        if total >= count:
+            return np.concatenate(pieces)
+    raise AssertionError("unreachable: the stream is endless")
+
+
+def texts(tokenizer: Tokenizer, count: int, seed: int) -> list[str]:
+    """The files behind ``tokens(tokenizer, count, seed)``."""
+    out, total = [], 0
+    for chunk, ids in chunks(tokenizer, seed):
+        out += chunk
+        total += sum(map(len, ids))
+        if total >= count:
+            return out
+    raise AssertionError("unreachable: the stream is endless")
