@@ -79,6 +79,8 @@ def test_precompute_without_torch_says_what_to_install(tmp_path: Path):
 
 
 def test_tasks_lists_builtin_and_user_tasks_without_torch(tmp_path: Path):
+    from precompute.lm.tasks import TASKS
+
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"prompt": "x = [1", "correct": "]", "wrong": "]]"}\n'
                     '{"prompt": "x = [[1", "correct": "]]", "wrong": "]"}\n')
@@ -86,7 +88,8 @@ def test_tasks_lists_builtin_and_user_tasks_without_torch(tmp_path: Path):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     listed = {task["name"]: task for task in json.loads(done.stdout)}
-    assert list(listed) == ["single_double_quote", "bracket_counting", "set_or_string", "mine"]
+    assert list(listed) == [*TASKS, "mine"]  # the built-in ones in their order, then yours
+    assert {"single_double_quote", "bracket_counting", "set_or_string"} <= set(TASKS)
     assert listed["mine"]["candidates"] == ["]", "]]"]
     for task in listed.values():  # every example answers one of its task's two candidates
         example = task["example"]
