@@ -170,27 +170,56 @@ SIZE_TARGETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 class CircuitKey(StrEnum):
-    """Keys of ``circuits.params``. Losses are the paper's task loss (nats); "pairs" are contrastive prompts."""
+    """Keys of ``circuits.params``. Losses are the paper's task loss (nats); a "pair" is one prompt with its two
+    candidates, a "contrastive pair" two prompts from one seed, one per answer. The row's columns: ``loss`` is the
+    calibrated task loss on the pruning pairs at the circuit's k (the best loss reached when not met), ``n_nodes`` and
+    ``n_edges`` its size (both 0 when not met: a setting that finds nothing never reports any nodes as a circuit, and
+    such a circuit has no ``circuit_nodes`` and no edges)."""
 
-    # {"target" : float, "met": bool}: whether some k reached the target on the pruning pairs
+    # {"target": float, "met": bool (some k reached the target on the pruning pairs), "best_loss": float (the lowest
+    #  calibrated loss any k reached), "best_k": int (the smallest k reaching it)}
     TARGET = "target"
-    # {"steps", "lr", "k_coef", "init", "seed", "batch", "prune_pairs", "eval_pairs", "ablation": "mean",
-    #  "mean_tokens": int (pretraining tokens the means were taken over), "nodes_total": int, "seconds": float}
+    # How pruning ran: {"steps", "init": {"distribution": "normal", "mean", "std"}, "optimizer": {"name": "AdamW",
+    #  "betas", "weight_decay", "eps", "schedule": "linear decay to 0"}, "clip" (per setting, L2), "target_loss",
+    #  "calibration": {"fit", "optimizer": "L-BFGS", "steps"}, "seed", "prune_pairs" (contrastive pairs),
+    #  "prune_prompts", "eval_pairs", "batch" (contrastive pairs per step), "ablation": "mean", "mean_windows",
+    #  "null", "k_coef" and "lr" (the chosen setting's, or the closest one's when not met), "mean_tokens" (pretraining
+    #  tokens the means were taken over), "nodes_total", "seconds" (the whole task, sweep, evidence and null)}
     CONFIG = "config"
-    CURVE = "curve"  # [[k, task loss on the pruning pairs]], k ascending: every k the search evaluated
-    TRACE = "trace"  # [{"step", "task_loss", "kept"}]: mask training, every tenth step
-    # Held-out pairs. {"pairs": int, "full": {"loss", "accuracy"}, and for each of "circuit_mean" (the circuit alone,
-    # the rest mean-ablated), "circuit_zero" (the rest zero-ablated), "ablated_mean" (only the circuit mean-ablated):
-    # {"loss", "accuracy", "agreement" (fraction of pairs where it picks what the full model picks)}}
+    # [[k, task loss on the pruning pairs]], k ascending: every k the search evaluated for the chosen setting (the
+    # closest one when not met), each loss read after that k's calibration
+    CURVE = "curve"
+    TRACE = "trace"  # [{"step", "task_loss", "kept"}]: the chosen setting's mask training, every tenth step
+    # Held-out pairs (the evaluation split, never seen by pruning). {"pairs": int, "full": {"loss", "accuracy"} (the
+    # model's own logits), "all_ablated" (every node mean-ablated, k = 0), and when met: "circuit_mean" (the circuit
+    # alone, the rest mean-ablated), "circuit_zero" (the rest zero-ablated), "ablated_mean" (only the circuit
+    # mean-ablated), each {"loss", "accuracy", "agreement" (fraction of pairs where it picks what the full model
+    # picks)}; "beats_full": bool (circuit_mean's loss below full's by more than "interval"), "interval": float (the
+    # 95% half-width, 1.96 sd / sqrt(pairs), of the per-pair loss difference full - circuit_mean)}. When not met only
+    # "pairs", "full" and "all_ablated". circuit_mean, circuit_zero and all_ablated are read after a calibration
+    # fitted on the pruning pairs in the same condition (CALIBRATION); full and ablated_mean are not calibrated.
     FAITHFULNESS = "faithfulness"
+    # The null: the chosen (or closest) setting's pruning on a copy of the model whose weights are shuffled within
+    # each matrix. {"method": "weight-shuffled", "seed": int, "met": bool, "k": int | None, "edges": int | None (when
+    # met), "loss": float (the best calibrated loss it reached on the pruning pairs), "full": {"loss", "accuracy"} (the
+    # shuffled model itself on the held-out pairs)}
+    NULL = "null"
+    # The settings tried, in order: {"settings": [{"k_coef", "lr", "met", "k": int | None, "edges": int | None (when
+    #  met), "loss" (at k, or the best reached)}], "chosen": index of the smallest circuit met (by nodes, then edges)
+    #  or None, "seconds": float (training and k search of every setting, and the chosen one's closer curve)}
+    SWEEP = "sweep"
+    # The candidates' logit difference (first candidate minus second) as read: scale * difference + shift, fitted by
+    # L-BFGS on the pruning pairs. {"scale", "shift", "k": the k they were fitted at (the circuit's, or best_k when
+    #  not met), "all_ablated": {"scale", "shift"} (at k = 0), and when met "circuit_zero": {"scale", "shift"}}
+    CALIBRATION = "calibration"
     # A few held-out pairs: [{"tokens": [str] (the prompt as the model reads it), "correct": str, "wrong": str,
-    #  "full": {"choice": str, "p_correct": float}, "circuit": {"choice": str, "p_correct": float}}]
+    #  "full": {"choice": str, "p_correct": float}, "circuit": {"choice": str, "p_correct": float} | None (None when
+    #  not met; calibrated as circuit_mean)}]
     EXAMPLES = "examples"
     # The circuit's size at other task losses, from the same node order, so models that miss the target can still be
     # compared at a loss both reach: [{"target", "k", "edges"}] for each of SIZE_TARGETS some evaluated k meets (k: the
     # smallest such), tightest first
     SIZES = "sizes"
     # The two candidate logits' reads of the circuit's residual writes: [{"layer", "index", "token", "weight"}], the
-    # unembedding row of the candidate through the final norm's gain, for each kept write channel
+    # unembedding row of the candidate through the final norm's gain, for each kept write channel ([] when not met)
     LOGITS = "logits"
-

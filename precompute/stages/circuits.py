@@ -1,27 +1,37 @@
 """Language stage ``circuits``: for each task of the request, the model's circuit found by pruning
 (``precompute.lm.circuits``), saved as one ``circuits`` row (``store.keys.CircuitKey`` in its params), its kept
 nodes as ``circuit_nodes`` and the weights between them as ``edges`` of kind ``EdgeKind.CIRCUIT`` carrying the
-circuit's id. Counts nothing in the run's progress (its items are tasks, not units); the progress names the task.
+circuit's id. Counts nothing in the run's progress (its items are tasks, not units); the progress names the task and,
+while it works, what pruning is doing (``Job.report``, at most every ``REPORT_EVERY`` seconds): the means, the sweep's
+step, loss and kept nodes, the k search, the null.
 
 A task is pending while the model has no circuit for it (every chosen task with --force). Saving replaces the task's
-circuit whole, so an interrupted run leaves either the old circuit or the new one. Pruning is seeded: a rerun finds
-the same circuit.
+circuit whole, so an interrupted run leaves either the old circuit or the new one. A task whose sweep met the target
+nowhere is saved as not found: its row has no nodes and no edges (n_nodes = n_edges = 0), the best loss reached, and
+the evidence that does not need a circuit (the full model, everything ablated, the null). Pruning is seeded: a rerun
+finds the same circuit.
+
+The model's ablation means, and the weight-shuffled copy the null prunes with its own, are taken once per run and
+shared by every task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from precompute.lm import tokenizer as tokenizing
-from precompute.lm.circuits import CircuitConfig, FoundCircuit, find_circuit
+from precompute.lm.circuits import CircuitConfig, FoundCircuit, Prepared, find_circuit, prepare, shuffled
 from precompute.lm.tasks import Task
 from precompute.stages import Job, Plan
 from store.keys import CircuitKey, EdgeKind
 from store.schema import Circuit, CircuitNode, Edge
+
+REPORT_EVERY = 3.0  # seconds between progress commits while a circuit is being found
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,21 @@ class TaskWork:
     @property
     def label(self) -> str:
         return f"circuit {self.task.name}"
+
+
+def throttled(report: Callable[[str], None], prefix: str, every: float | None = None,
+              clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
+    """``report(f"{prefix}: {words}")`` for the first words and then at most once every ``every`` seconds (default
+    ``REPORT_EVERY``): each report commits the run's progress, and pruning has words for every tenth step."""
+    last = [-float("inf")]
+
+    def say(words: str) -> None:
+        now = clock()
+        if now - last[0] >= (REPORT_EVERY if every is None else every):
+            last[0] = now
+            report(f"{prefix}: {words}")
+
+    return say
 
 
 class CircuitsStage:
@@ -46,8 +71,16 @@ class CircuitsStage:
     def run(self, items: list[TaskWork]) -> Iterator[tuple[TaskWork, FoundCircuit]]:
         tokenizer = tokenizing.load_tokenizer()
         pretraining = self.job.spec.dataset_sample().tokens
+        prepared: Prepared | None = None
+        null: Prepared | None = None
         for item in items:
-            yield item, find_circuit(self.job.net, tokenizer, item.task, pretraining, self.config)
+            say = throttled(self.job.report, item.label)
+            if prepared is None:
+                prepared = prepare(self.job.net, pretraining, self.config.mean_windows, say)
+            if null is None and self.config.null:
+                null = prepare(shuffled(self.job.net, self.config.prune.seed), pretraining, self.config.mean_windows,
+                               lambda words: say(f"null: {words}"))
+            yield item, find_circuit(self.job.net, tokenizer, item.task, pretraining, self.config, say, prepared, null)
 
     def save(self, session: Session, item: TaskWork, found: FoundCircuit) -> int:
         old = session.scalar(select(Circuit.id).where(Circuit.model_id == self.job.model_id,
@@ -58,13 +91,16 @@ class CircuitsStage:
             session.execute(delete(Circuit).where(Circuit.id == old))
         pruned = found.pruned
         circuit = Circuit(model_id=self.job.model_id, slug=item.task.name, task=item.task.name,
-                          target_loss=self.config.prune.target_loss, loss=pruned.loss, n_nodes=pruned.k,
+                          target_loss=self.config.prune.target_loss, loss=found.loss, n_nodes=found.n_nodes,
                           n_edges=len(found.edges), params={
-                              CircuitKey.TARGET: {"target": self.config.prune.target_loss, "met": pruned.met},
+                              CircuitKey.TARGET: found.target,
                               CircuitKey.CONFIG: found.config,
                               CircuitKey.CURVE: [[k, loss] for k, loss in pruned.curve.items()],
                               CircuitKey.TRACE: pruned.trace,
                               CircuitKey.FAITHFULNESS: found.faithfulness,
+                              CircuitKey.NULL: found.null,
+                              CircuitKey.SWEEP: found.sweep,
+                              CircuitKey.CALIBRATION: found.calibration,
                               CircuitKey.EXAMPLES: found.examples,
                               CircuitKey.LOGITS: found.logits,
                               CircuitKey.SIZES: found.sizes})
