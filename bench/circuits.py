@@ -1,92 +1,152 @@
-"""Circuit sizes of the sparse and the dense organism per task, their ratio, and how faithful the circuits are.
+"""Task circuits of the sparse and the dense organism, as the ``circuits`` stage finds them, with their evidence; the
+dense/sparse edge ratio; and what a batched sweep costs against one setting alone.
 
-    .venv/bin/python bench/circuits.py [--tasks single_double_quote,...] [--steps 400]
+    .venv/bin/python bench/circuits.py [--tasks single_double_quote,...] [--steps 300] \
+        [--write-settings precompute/organisms/tinylm-circuits.json]
 
-For every task, each organism (``tinylm-sparse``, ``tinylm-dense``: matched held-out loss) is pruned as the
-``circuits`` stage prunes it (``precompute.lm.circuits.find_circuit``, seed 0), and the bench prints per task:
-nodes and edges at the target loss (the paper's 0.15) and their ratio dense / sparse, the held-out faithfulness
-(task loss and accuracy of the full model, of the circuit alone mean- and zero-ablated, and of the model with the
-circuit ablated), and the pruning time on this machine; then the geometric mean of the edge ratio over the tasks
-both organisms met the target on. The paper reports about 16x.
+For every task, each organism (``tinylm-sparse``, ``tinylm-dense``: matched held-out loss, committed weights loaded
+by ``precompute.organisms.tinylm.load``) is pruned by ``precompute.lm.circuits.find_circuit`` with the default sweep
+(``DEFAULT_SWEEP``, 8 settings trained as one batch, seed 0), means over the whole held-out sample taken once per
+model. Per task and model it prints: the full model's held-out loss and accuracy; the chosen setting (k_coef, lr);
+nodes, edges and calibrated loss on the pruning pairs at the target (or "not found" with the best loss and its k);
+the held-out loss/accuracy of the circuit alone (mean- and zero-ablated), of the model with the circuit ablated and
+of everything ablated (k = 0); the null (the same pruning on a weight-shuffled copy); and the seconds it took. Then
+the geometric mean over the tasks both organisms met of dense edges / sparse edges (the paper reports about 16x).
 
-Where a model misses the target, the ratio is also given at the tightest loss both models reach (the larger of their
-lowest losses on the pruning pairs), from the same learned node order: the smallest k on each recorded loss-vs-k
-curve at that loss, so an upper bound on that circuit.
+The sweep-cost line times, on the first task and the sparse organism, ``render.pruning.prune`` (training and k
+search) for the 8 settings as one batch against the first setting alone, at the same steps, and gives the ratio (8
+separate runs would be about 8x).
+
+``--write-settings FILE`` records each (organism, task)'s chosen setting (the closest one when none met the target) in
+FILE, ``{slug: {task: {"k_coef", "lr"}}}`` with the bench's notes beside them ("steps", "met", "k", "edges", "loss"),
+replacing the entries of the organisms and tasks it ran and keeping the others; a job given them
+(``precompute.lm.circuits.recorded``) prunes each of those tasks once instead of sweeping.
+
+Times are wall-clock on the machine it runs on; ``--threads`` sets torch's (default 2); the last line gives the whole
+run's. Not yet timed on an undisturbed 2-core machine (this one was saturated by organism training when the bench was
+written): each model-task costs a sweep of 8 settings x ``--steps`` steps, a null of 1 x ``--steps`` and the evidence,
+so ``--steps 100 --tasks single_double_quote`` is the quick look and the default the recorded run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
-from precompute.lm.circuits import CircuitConfig, FoundCircuit, find_circuit, size_at
+from precompute.lm import evaluate
+from precompute.lm.circuits import (DEFAULT_SWEEP, CircuitConfig, FoundCircuit, Prepared, find_circuit, objective,
+                                    prepare, shuffled, signs_of)
 from precompute.lm.corpus import load_heldout
-from precompute.lm.tasks import TASKS
+from precompute.lm.tasks import TASKS, contrastive_split
 from precompute.lm.tokenizer import load_tokenizer
-from precompute.registry import get_model
-from render.pruning import PruneConfig
-from store.keys import CardKey
+from precompute.organisms import tinylm
+from render.pruning import PruneConfig, prune
 
 MODELS = ("tinylm-sparse", "tinylm-dense")
 
 
 def scores(found: FoundCircuit) -> str:
     f = found.faithfulness
-    return " ".join(f"{key} {f[key]['loss']:.3f}/{100 * f[key]['accuracy']:.0f}%"
-                    + (f"/agree {100 * f[key]['agreement']:.0f}%" if "agreement" in f[key] else "")
-                    for key in ("full", "circuit_mean", "circuit_zero", "ablated_mean"))
+    return " ".join(f"{key} {f[key]['loss']:.3f}/{100 * f[key]['accuracy']:.0f}%" for key in
+                    ("circuit_mean", "circuit_zero", "ablated_mean", "all_ablated") if key in f)
+
+
+def describe(found: FoundCircuit) -> str:
+    p, f, null = found.pruned, found.faithfulness, found.null or {}
+    head = (f"full {f['full']['loss']:.3f}/{100 * f['full']['accuracy']:.0f}%  k_coef {p.setting.k_coef:g} "
+            f"lr {p.setting.lr:g}  ")
+    size = (f"nodes {found.n_nodes:5d} edges {len(found.edges):7d} loss {found.loss:.3f}" if found.met else
+            f"not found: best loss {p.best_loss:.3f} at k {p.best_k}")
+    beats = "  BEATS FULL" if f.get("beats_full") else ""
+    null_said = (f"null {'met' if null.get('met') else 'not met'} loss {null.get('loss', float('nan')):.3f}"
+                 + (f" k {null['k']} edges {null['edges']}" if null.get("met") else "")
+                 + (f" (shuffled full {null['full']['loss']:.3f})" if null.get("full") else ""))
+    return f"{head}{size}  held-out {scores(found)}{beats}  {null_said}  {found.config['seconds']:.0f}s"
+
+
+def sweep_cost(prepared: Prepared, tokenizer, task, config: CircuitConfig) -> tuple[float, float]:
+    """Seconds of ``prune`` (training and k search) for the default sweep as one batch, and for its first setting
+    alone, at the same steps, on the same pairs and means."""
+    model = prepared.model
+    flat = [pair for both in contrastive_split(task, "prune", config.prune_pairs, 0) for pair in both]
+    batch = evaluate.encode_pairs(tokenizer, task, flat)
+    seconds = []
+    for settings in (DEFAULT_SWEEP, DEFAULT_SWEEP[:1]):
+        task_objective = objective(model, batch, signs_of(task, flat), config.batch, 0)
+        started = time.perf_counter()
+        prune(prepared.nodes, prepared.points, prepared.means, task_objective, settings, config.prune)
+        seconds.append(time.perf_counter() - started)
+    return seconds[0], seconds[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--steps", type=int, default=PruneConfig.steps)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write-settings", type=Path, help="record each (organism, task)'s chosen setting in this "
+                                                             "JSON file (precompute/organisms/tinylm-circuits.json)")
+    parser.add_argument("--no-cost", action="store_true", help="skip the sweep-cost measurement")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
     tokenizer, pretraining = load_tokenizer(), load_heldout().tokens
-    specs = {slug: get_model(slug) for slug in MODELS}
-    models = {slug: spec.load() for slug, spec in specs.items()}
     config = CircuitConfig(prune=PruneConfig(steps=args.steps))
     target = config.prune.target_loss
-    print("held-out pretraining loss: " + ", ".join(f"{slug} {spec.card()[CardKey.HELDOUT]['loss']:.3f}"
-                                                    for slug, spec in specs.items()))
-    print(f"target task loss {target}, {args.steps} mask steps, k_coef {config.prune.k_coef}, seed 0")
-    ratios, common_ratios = [], []
+    models = {slug: tinylm.load(slug) for slug in MODELS}
+    print(f"target task loss {target}; {args.steps} steps; sweep of {len(config.sweep)} (k_coef x lr): "
+          + ", ".join(f"{s.k_coef:g}/{s.lr:g}" for s in config.sweep) + f"; {config.batch} contrastive pairs a step, "
+          f"{config.prune_pairs} pruning pairs, {config.eval_pairs} held-out pairs; {args.threads} threads")
+    prepared, nulls = {}, {}
+    for slug, model in models.items():
+        started = time.perf_counter()
+        prepared[slug] = prepare(model, pretraining, config.mean_windows)
+        nulls[slug] = prepare(shuffled(model, config.prune.seed), pretraining, config.mean_windows)
+        print(f"{slug}: means over {prepared[slug].mean_tokens:,} tokens, for it and its weight-shuffled null: "
+              f"{time.perf_counter() - started:.0f}s")
+    ratios, chosen = [], {slug: {} for slug in MODELS}
     for name in args.tasks.split(","):
         found = {}
         for slug, model in models.items():
-            started = time.perf_counter()
-            found[slug] = find_circuit(model, tokenizer, TASKS[name], pretraining, config)
-            seconds = time.perf_counter() - started
-            p = found[slug].pruned
-            print(f"{name:20s} {slug:14s} met {str(p.met):5s} nodes {p.k:5d} edges {len(found[slug].edges):7d} "
-                  f"loss {p.loss:.3f}  held-out {scores(found[slug])}  {seconds:.0f}s")
+            found[slug] = f = find_circuit(model, tokenizer, TASKS[name], pretraining, config,
+                                           prepared=prepared[slug], null=nulls[slug])
+            print(f"{name:26s} {slug:14s} {describe(f)}", flush=True)
+            p = f.pruned
+            chosen[slug][name] = {"k_coef": p.setting.k_coef, "lr": p.setting.lr, "steps": args.steps, "met": f.met,
+                                  "k": f.n_nodes if f.met else None, "edges": len(f.edges) if f.met else None,
+                                  "loss": round(f.loss, 5)}
         sparse, dense = found["tinylm-sparse"], found["tinylm-dense"]
-        if sparse.pruned.met and dense.pruned.met:
+        if sparse.met and dense.met:
             ratio = len(dense.edges) / max(1, len(sparse.edges))
             ratios.append(ratio)
-            print(f"{name:20s} dense/sparse at {target}: edges {ratio:.1f}x, nodes {dense.pruned.k / sparse.pruned.k:.1f}x")
+            print(f"{name:26s} dense/sparse at {target}: edges {ratio:.1f}x, nodes "
+                  f"{dense.n_nodes / max(1, sparse.n_nodes):.1f}x")
         else:
-            common = max(min(found[slug].pruned.curve.values()) for slug in MODELS)
-            (sn, se), (dn, de) = (size_at(models[slug], found[slug].all_nodes, found[slug].pruned, common)
-                                  for slug in MODELS)  # both reach it: it is the larger of their lowest losses
-            common_ratios.append(de / max(1, se))
-            print(f"{name:20s} no ratio at {target}: a model misses it. At {common:.3f}, the tightest loss both reach:"
-                  f" sparse {sn} nodes {se} edges, dense {dn} nodes {de} edges: edges {de / max(1, se):.1f}x, nodes "
-                  f"{dn / max(1, sn):.1f}x (curve upper bounds)")
+            print(f"{name:26s} no ratio at {target}: " + ", ".join(slug for slug in MODELS if not found[slug].met)
+                  + " found no circuit")
     if ratios:
-        print(f"geometric mean of the edge ratio over {len(ratios)} task(s) met by both: {geometric_mean(ratios):.1f}x"
-              " (paper: about 16x)")
-    if common_ratios:
-        print(f"geometric mean of the edge ratio at the tightest common loss, over {len(common_ratios)} task(s) a "
-              f"model missed the target on: {geometric_mean(common_ratios):.1f}x")
-
-
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(map(math.log, values)) / len(values))
+        print(f"geometric mean of dense/sparse edges over {len(ratios)} task(s) both met: "
+              f"{math.exp(sum(map(math.log, ratios)) / len(ratios)):.1f}x (paper: about 16x)")
+    else:
+        print("geometric mean of dense/sparse edges: no task met by both")
+    if args.write_settings:
+        recorded = json.loads(args.write_settings.read_text()) if args.write_settings.exists() else {}
+        for slug, tasks in chosen.items():
+            recorded[slug] = {**recorded.get(slug, {}), **tasks}
+        args.write_settings.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        print(f"chosen settings recorded in {args.write_settings}")
+    if not args.no_cost:
+        first = TASKS[args.tasks.split(",")[0]]
+        batched, alone = sweep_cost(prepared["tinylm-sparse"], tokenizer, first, config)
+        print(f"sweep cost ({first.name}, tinylm-sparse, {args.steps} steps, training and k search): "
+              f"{len(DEFAULT_SWEEP)} settings as one batch {batched:.1f}s, one setting alone {alone:.1f}s: "
+              f"{batched / alone:.2f}x one run ({len(DEFAULT_SWEEP)} separate runs: about {len(DEFAULT_SWEEP)}x)")
+    print(f"bench: {time.perf_counter() - started:.0f}s in all")
 
 
 if __name__ == "__main__":
