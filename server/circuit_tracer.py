@@ -16,6 +16,9 @@ every position, so the mapping is:
 - ``links``: every weight of the circuit, the residual links from writes and the embedding to later reads (weight 1:
   an identity), and the logit reads. ``metadata.prompt`` is the circuit's first held-out example; ``qParams`` pins
   the kept nodes and the logits, which are the whole circuit.
+
+A circuit pruning did not find (no k met the target) exports no nodes but the two logits, and ``metadata.info``
+says ``met: false``: the best k reached is not a circuit.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from server.circuit_wiring import Node, read_wiring
+from server.circuit_wiring import Node, is_met, read_wiring
 from server.pages.common import find_circuit, find_model
 from server.twins import Twin
 from server.urls import circuit_url
-from store.keys import CircuitKey, Stat
+from store.keys import CircuitKey
 
 SCHEMA_VERSION = 1  # circuit-tracer's graph format version this writes
 CLERP_TOKENS = 5  # top tokens named in a node's label
@@ -90,7 +93,8 @@ class TracerGraph(Twin):
 def tracer_graph(session: Session, slug: str, task: str) -> dict[str, Any]:
     model = find_model(session, slug)
     circuit = find_circuit(session, model, task)
-    wiring = read_wiring(session, circuit)
+    found = is_met(circuit)
+    wiring = read_wiring(session, circuit, found)
     examples = (circuit.params or {}).get(CircuitKey.EXAMPLES) or []
     prompt = examples[0] if examples else {"tokens": [], "correct": None, "full": None}
     position = max(len(prompt["tokens"]) - 1, 0)
@@ -103,8 +107,9 @@ def tracer_graph(session: Session, slug: str, task: str) -> dict[str, Any]:
                      "prompt_tokens": prompt["tokens"], "transcoder_list": [], "node_threshold": None,
                      "schema_version": SCHEMA_VERSION,
                      "info": {"source": "atlascope", "url": circuit_url(model.slug, circuit.slug), "task": circuit.task,
-                              "target_loss": circuit.target_loss, "loss": circuit.loss, "n_nodes": circuit.n_nodes,
-                              "n_edges": circuit.n_edges}},
+                              "target_loss": circuit.target_loss, "loss": circuit.loss, "met": found,
+                              "n_nodes": circuit.n_nodes if found else 0,
+                              "n_edges": circuit.n_edges if found else 0}},
         "qParams": {"pinnedIds": [ids[node.layer, node.index] for node in wiring.nodes] + list(logit_ids.values()),
                     "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": ([unit_node(node, position) for node in wiring.embeddings + wiring.nodes]
@@ -130,7 +135,7 @@ def node_id(layer: str, feature: int, position: int) -> str:
 def unit_node(node: Node, position: int) -> dict[str, Any]:
     """An embedding channel or a kept node, labelled with its atlas unit and the tokens it peaks on."""
     layer = node_layer(node)
-    top = ", ".join(repr(token) for token in (node.stats.get(Stat.TOP_TOKENS) or [])[:CLERP_TOKENS])
+    top = ", ".join(repr(token) for token in node.top_tokens[:CLERP_TOKENS])
     return tracer_node(node_id(layer, node.index, position), node.index, layer, position,
                        EMBEDDING_TYPE if node.column == 0 else UNIT_TYPE, f"{layer}_{node.index}-0",
                        f"{node.layer}:{node.index}" + (f" peaks on {top}" if top else ""))

@@ -16,38 +16,41 @@ candidates' logits.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from store.keys import CIRCUIT_NODE_KINDS, CircuitKey, LayerKind
+from store.keys import CIRCUIT_NODE_KINDS, CircuitKey, LayerKind, Stat
 from store.schema import Circuit, CircuitNode, Edge, Layer, Unit
 
 EMBEDDING_LAYER = f"0.{LayerKind.RESID_PRE}"  # the residual stream block 0 reads: the token embeddings
 READ_KINDS = (LayerKind.ATTN_IN, LayerKind.MLP_IN)
 WRITE_KINDS = (LayerKind.ATTN_OUT, LayerKind.MLP_OUT)
 
-NODES = (select(CircuitNode.score, Unit.id, Unit.index, Unit.stats, Layer.name, Layer.kind)
+# A large circuit has thousands of nodes, each unit with statistics (a histogram, logit effects) and its contexts
+# stored as JSON: the queries take the few values a page shows out of that JSON in SQLite (one small JSON array per
+# row), rather than handing every document to Python to parse whole. Edges are read by the circuit's index alone,
+# strongest first, and named from the nodes already read, with no join.
+BRIEF = func.json_extract(Unit.stats, f"$.{Stat.DENSITY}", f"$.{Stat.MAX}", f"$.{Stat.TOP_TOKENS}")
+NODES = (select(CircuitNode.score, Unit.id, Unit.index, BRIEF, Layer.name, Layer.kind)
          .join(Unit, Unit.id == CircuitNode.unit_id).join(Layer, Layer.id == Unit.layer_id)
          .where(CircuitNode.circuit_id == bindparam("circuit")))
-EMBEDDINGS = (select(Unit.id, Unit.index, Unit.stats).join(Layer, Layer.id == Unit.layer_id)
+EMBEDDINGS = (select(Unit.id, Unit.index, BRIEF).join(Layer, Layer.id == Unit.layer_id)
               .where(Layer.model_id == bindparam("model"), Layer.name == EMBEDDING_LAYER,
                      Unit.index.in_(bindparam("channels", expanding=True))))
-_src, _dst = aliased(Unit), aliased(Unit)
-_src_layer, _dst_layer = aliased(Layer), aliased(Layer)
-EDGES = (select(_src_layer.name, _src.index, _dst_layer.name, _dst.index, Edge.weight)
-         .join(_src, _src.id == Edge.src_unit_id).join(_src_layer, _src_layer.id == _src.layer_id)
-         .join(_dst, _dst.id == Edge.dst_unit_id).join(_dst_layer, _dst_layer.id == _dst.layer_id)
-         .where(Edge.circuit_id == bindparam("circuit"))
-         .order_by(func.abs(Edge.weight).desc(), _src_layer.position, _src.index, _dst_layer.position, _dst.index))
+EDGES = (select(Edge.src_unit_id, Edge.dst_unit_id, Edge.weight).where(Edge.circuit_id == bindparam("circuit"))
+         .order_by(func.abs(Edge.weight).desc(), Edge.src_unit_id, Edge.dst_unit_id))
+UNITS = (select(Unit.id, Layer.name, Unit.index).join(Layer, Layer.id == Unit.layer_id)
+         .where(Unit.id.in_(bindparam("units", expanding=True))))
 BLOCKS = select(func.count()).select_from(Layer).where(Layer.model_id == bindparam("model"),
                                                         Layer.kind == LayerKind.RESID_PRE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     unit_id: int
     layer: str
@@ -55,7 +58,13 @@ class Node:
     index: int
     column: int
     tau: float | None
-    stats: dict[str, Any] = field(repr=False)
+    density: float | None = None  # the unit's statistics a brief shows; null (and no top tokens) until measured
+    max: float | None = None
+    top_tokens: tuple[str, ...] = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.density is not None or self.max is not None or bool(self.top_tokens)
 
 
 @dataclass(frozen=True)
@@ -75,25 +84,63 @@ def column(layer: str) -> int:
     return 1 + int(block) * len(CIRCUIT_NODE_KINDS) + CIRCUIT_NODE_KINDS.index(LayerKind(kind))
 
 
-def read_wiring(session: Session, circuit: Circuit) -> Wiring:
-    nodes = sorted((Node(unit_id, layer, kind, index, column(layer), tau, stats or {})
-                    for tau, unit_id, index, stats, layer, kind in session.execute(NODES, {"circuit": circuit.id})),
-                   key=lambda node: (node.column, node.index))
-    reads = [node for node in nodes if node.kind in READ_KINDS]
-    channels = sorted({node.index for node in reads})
-    embeddings = [Node(unit_id, EMBEDDING_LAYER, LayerKind.RESID_PRE, index, 0, None, stats or {})
-                  for unit_id, index, stats in session.execute(EMBEDDINGS, {"model": circuit.model_id,
-                                                                            "channels": channels})]
+def brief_values(extracted: str | None) -> tuple[float | None, float | None, tuple[str, ...]]:
+    """(density, max, top tokens) from ``BRIEF``'s JSON array."""
+    density, top, tokens = json.loads(extracted) if extracted else (None, None, None)
+    return density, top, tuple(tokens or ())
+
+
+def is_met(circuit: Circuit) -> bool:
+    """Whether pruning found the circuit: some k met the target on the pruning pairs. A row whose params lack the
+    flag (an early atlas) is met when its loss is within its target."""
+    met = ((circuit.params or {}).get(CircuitKey.TARGET) or {}).get("met")
+    return circuit.loss <= circuit.target_loss if met is None else bool(met)
+
+
+def read_wiring(session: Session, circuit: Circuit, found: bool = True) -> Wiring:
+    """The circuit's nodes, edges and links; none for a circuit that was not found (``found=False``), which an early
+    atlas may still store the nodes of: they were the best k reached, not a circuit, and are never shown as one."""
+    columns: dict[str, int] = {}
+    nodes = []
+    rows = session.execute(NODES, {"circuit": circuit.id}) if found else ()
+    for tau, unit_id, index, extracted, layer, kind in rows:
+        if layer not in columns:
+            columns[layer] = column(layer)
+        nodes.append(Node(unit_id, layer, kind, index, columns[layer], tau, *brief_values(extracted)))
+    nodes.sort(key=lambda node: (node.column, node.index))
+    channels = sorted({node.index for node in nodes if node.kind in READ_KINDS})
+    read = session.execute(EMBEDDINGS, {"model": circuit.model_id, "channels": channels}) if channels else ()
+    embeddings = [Node(unit_id, EMBEDDING_LAYER, LayerKind.RESID_PRE, index, 0, None, *brief_values(extracted))
+                  for unit_id, index, extracted in read]
     embeddings.sort(key=lambda node: node.index)
-    edges = [tuple(row) for row in session.execute(EDGES, {"circuit": circuit.id})]
     params = circuit.params or {}
     kept = {(node.layer, node.index) for node in nodes}
     logits = [{key: read[key] for key in ("layer", "index", "token", "weight")}
               for read in params.get(CircuitKey.LOGITS) or [] if (read["layer"], read["index"]) in kept]
     n_blocks = session.scalar(BLOCKS, {"model": circuit.model_id})
+    edges = read_edges(session, circuit, nodes) if found else []
     return Wiring(nodes, embeddings, edges, residual_links(nodes, embeddings), logits,
                   candidates(logits, params.get(CircuitKey.EXAMPLES) or []),
                   1 + n_blocks * len(CIRCUIT_NODE_KINDS))
+
+
+def read_edges(session: Session, circuit: Circuit, nodes: list[Node]) -> list[tuple[str, int, str, int, float]]:
+    """The circuit's weights, strongest |weight| first (SQLite sorts them), each end named by its layer and index.
+    Rows stream from the cursor and are named as they come, so thousands of them are never held at once."""
+    ends = {node.unit_id: (node.layer, node.index) for node in nodes}
+    named, strays = [], False
+    for src, dst, weight in session.connection().execute(EDGES, {"circuit": circuit.id}):
+        if src in ends and dst in ends:
+            named.append((*ends[src], *ends[dst], weight))
+        else:  # an end the circuit does not keep (an atlas written otherwise): named after
+            named.append((src, None, dst, None, weight))
+            strays = True
+    if strays:
+        ids = {edge[i] for edge in named if edge[1] is None for i in (0, 2)} - ends.keys()
+        named_ids = session.execute(UNITS, {"units": sorted(ids)})
+        ends.update((unit_id, (layer, index)) for unit_id, layer, index in named_ids)
+        named = [(*ends[e[0]], *ends[e[2]], e[4]) if e[1] is None else e for e in named]
+    return named
 
 
 def residual_links(nodes: list[Node], embeddings: list[Node]) -> list[tuple[str, str, int]]:

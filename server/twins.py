@@ -7,9 +7,10 @@ instead of drifting away from the schema.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic reads typing's own only from Python 3.12
 
 
 class Twin(BaseModel):
@@ -407,42 +408,52 @@ class UnitPage(Linked):
     up: Linked = Field(description="The page of the layer grid that shows this unit.")
 
 
-class BriefContext(Twin):
-    """A few tokens around one of a unit's top activations."""
-
-    activation: float = Field(description="The unit's activation at the marked token.")
-    tokens: list[str] = Field(description="Up to 8 tokens before the marked one, it, and up to 3 after.")
-    position: int = Field(description="Index in `tokens` of the marked token.")
+# A circuit's nodes and links come by the thousand, so they are typed dicts rather than models: validated and
+# serialised several times faster, and (holding only strings and numbers) left alone by Python's garbage collector,
+# which a page of 10,000 models makes run a full collection; extra keys are refused all the same.
+item = with_config(ConfigDict(extra="forbid"))
 
 
-class NodeBrief(Twin):
-    """What a node's unit does, in short: the graph shows it when the pointer rests on the node."""
+@item
+class NodeBrief(TypedDict):
+    """What a node's unit does, in short: the graph shows it when the pointer rests on the node, with the unit's first
+    top contexts fetched from its own twin (`json_url`'s `contexts.top`)."""
 
-    density: float | None = Field(description="Fraction of held-out tokens where the unit is nonzero.")
-    max: float | None = Field(description="Its largest activation on the held-out sample.")
-    top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
-    contexts: list[BriefContext] = Field(description="Its 3 highest-activating contexts, highest first, cut short.")
+    density: Annotated[float | None, Field(description="Fraction of held-out tokens where the unit is nonzero.")]
+    max: Annotated[float | None, Field(description="Its largest activation on the held-out sample.")]
+    top_tokens: Annotated[list[str], Field(description="The tokens its top contexts peak on, commonest first.")]
 
 
-class CircuitNode(UnitRef):
+@item
+class CircuitNode(TypedDict):
     """A node of a circuit's graph: a channel or neuron of the model, which has its own unit page."""
 
-    kind: str = Field(description="Its layer's kind: `attn.act_in`, `attn.q`, `attn.k`, `attn.v`, `attn.out`, "
-                                  "`mlp.act_in`, `mlp.post_act` or `mlp.out`; `resid_pre` for an embedding channel.")
-    column: int = Field(description="Its column in the graph, in forward order: 0 for the embeddings, then one per "
-                                    "node layer of each block in the order above; the candidates' logits are last.")
-    tau: float | None = Field(description="Its learned mask logit; null for the embeddings, which are not pruned.")
-    brief: NodeBrief | None = Field(description="Null while the unit is not measured.")
+    model: Annotated[str, Field(description="Model slug.")]
+    layer: Annotated[str, Field(description="Layer name.")]
+    index: Annotated[int, Field(description="Unit number within the layer, from 0.")]
+    url: Annotated[str, Field(description="The unit's page.")]
+    json_url: Annotated[str, Field(description="Its JSON twin.")]
+    kind: Annotated[str, Field(description="Its layer's kind: `attn.act_in`, `attn.q`, `attn.k`, `attn.v`, "
+                                           "`attn.out`, `mlp.act_in`, `mlp.post_act` or `mlp.out`; `resid_pre` for "
+                                           "an embedding channel.")]
+    column: Annotated[int, Field(description="Its column in the graph, in forward order: 0 for the embeddings, then "
+                                             "one per node layer of each block in the order above; the candidates' "
+                                             "logits are last.")]
+    tau: Annotated[float | None, Field(description="Its learned mask logit; null for the embeddings, which are not "
+                                                   "pruned.")]
+    brief: Annotated[NodeBrief | None, Field(description="Null while the unit is not measured.")]
 
 
-class Candidate(Twin):
+@item
+class Candidate(TypedDict):
     """One of the task's two candidate next tokens, whose logit the circuit's writes reach."""
 
     token: str
-    column: int = Field(description="The graph's last column.")
+    column: Annotated[int, Field(description="The graph's last column.")]
 
 
-class CircuitEdge(Twin):
+@item
+class CircuitEdge(TypedDict):
     """A nonzero weight between two kept nodes (read channel to q/k/v, v to attention's write channel, read channel
     to MLP neuron, neuron to the MLP's write channel): what the paper counts as the circuit's size."""
 
@@ -453,16 +464,18 @@ class CircuitEdge(Twin):
     weight: float
 
 
-class ResidualLink(Twin):
+@item
+class ResidualLink(TypedDict):
     """The residual stream carrying one channel from a kept write (or from the embedding) to a later kept read of the
     same channel: an identity, not a weight, so not an edge of the circuit. Derived by the server."""
 
-    src_layer: str = Field(description="An `attn.out` or `mlp.out` layer, or `0.resid_pre`: the embedding.")
-    dst_layer: str = Field(description="A later `attn.act_in` or `mlp.act_in` layer.")
-    index: int = Field(description="The channel, the same at both ends.")
+    src_layer: Annotated[str, Field(description="An `attn.out` or `mlp.out` layer, or `0.resid_pre`: the embedding.")]
+    dst_layer: Annotated[str, Field(description="A later `attn.act_in` or `mlp.act_in` layer.")]
+    index: Annotated[int, Field(description="The channel, the same at both ends.")]
 
 
-class LogitLink(Twin):
+@item
+class LogitLink(TypedDict):
     """How a candidate's logit reads a kept write channel: its unembedding row through the final norm's gain."""
 
     layer: str
@@ -490,13 +503,89 @@ class Scores(Twin):
 
 
 class Faithfulness(Twin):
-    """Held-out pairs, never seen by pruning: does the circuit do the task alone, and does the model need it?"""
+    """Held-out pairs, never seen by pruning: does the circuit do the task alone, and does the model need it? A
+    circuit that was not found has only the full model's scores and the all-ablated baseline."""
 
     pairs: int | None
     full: Scores | None = Field(description="The whole model.")
     circuit_mean: Scores | None = Field(description="The circuit alone, every other node mean-ablated (as pruned).")
     circuit_zero: Scores | None = Field(description="The circuit alone, every other node zero-ablated.")
     ablated_mean: Scores | None = Field(description="The model without the circuit: only its nodes mean-ablated.")
+    all_ablated: Scores | None = Field(description="Every node mean-ablated (k = 0): the baseline a circuit must "
+                                                   "beat; null where the atlas predates it.")
+    beats_full: bool | None = Field(description="Whether the circuit alone (mean-ablated) has a lower loss than the "
+                                                 "full model by more than `interval`.")
+    interval: float | None = Field(description="The 95% half-width of the paired per-pair loss difference between "
+                                               "the full model and the circuit alone, at `pairs` pairs.")
+
+
+class EvidenceRow(Twin):
+    """One row of the circuit page's evidence table, beside the target."""
+
+    key: Literal["full", "circuit_mean", "circuit_zero", "ablated_mean", "all_ablated", "null"]
+    label: str = Field(description="What the row measures, in words.")
+    recorded: bool = Field(description="Whether the atlas has it; when not, `note` says why.")
+    should_do_task: bool = Field(description="Whether this condition should reach the target (the full model, the "
+                                             "circuit alone); its loss above the target is flagged.")
+    loss: float | None = Field(description="Task loss, nats: held-out pairs; the null's is its pruning loss.")
+    accuracy: float | None
+    agreement: float | None = Field(description="How often it picks what the full model picks.")
+    note: str | None = Field(description="`no circuit found`, `not recorded`, or for the null whether it found a "
+                                         "circuit, its size, and the shuffled model's own scores.")
+
+
+class BeatsFull(Twin):
+    """Whether the circuit alone beats the full model beyond the noise of the pairs measured."""
+
+    flag: bool | None = Field(description="The job's `beats_full`; null where not recorded.")
+    margin: float | None = Field(description="The full model's held-out loss minus the circuit alone's.")
+    interval: float | None = Field(description="The 95% half-width of that difference at `pairs` pairs.")
+    pairs: int | None
+    statement: str = Field(description="The comparison in words.")
+
+
+class NullResult(Twin):
+    """The same pruning on a weight-shuffled copy of the model: what pruning finds where there is nothing to find."""
+
+    method: str | None = Field(description="`weight-shuffled`.")
+    seed: int | None
+    met: bool | None = Field(description="Whether it found a circuit at the target.")
+    k: int | None = Field(description="Its nodes, when found.")
+    edges: int | None = Field(description="Its edges, when found.")
+    loss: float | None = Field(description="Its task loss on the pruning pairs (the best reached when not found).")
+    full: Scores | None = Field(description="The shuffled model itself, unpruned.")
+
+
+class SweepSetting(Twin):
+    k_coef: float | None
+    lr: float | None
+    met: bool | None = Field(description="Whether this setting found a circuit at the target.")
+    k: int | None = Field(description="Nodes of its circuit, when found.")
+    edges: int | None
+    loss: float | None = Field(description="Task loss on the pruning pairs.")
+    chosen: bool = Field(description="Whether this is the setting whose circuit the page shows.")
+
+
+class Sweep(Twin):
+    """The pruning settings tried; the circuit is the chosen one's."""
+
+    settings: list[SweepSetting]
+    chosen: int | None = Field(description="Index into `settings`; null when none found a circuit.")
+    seconds: float | None = Field(description="Time the whole sweep took.")
+
+
+class Fit(Twin):
+    scale: float | None
+    shift: float | None
+
+
+class Calibration(Fit):
+    """How the candidates' logit difference (first minus second) is read before the task loss: scale x difference +
+    shift, fitted on the pruning pairs; the circuit's, and those of the conditions fitted on their own."""
+
+    k: int | None = Field(description="The k it was fitted at: the circuit's, or `best_k` when not found.")
+    all_ablated: Fit | None = Field(description="The all-ablated baseline's (k = 0).")
+    circuit_zero: Fit | None = Field(description="The circuit alone, zero-ablated (when found).")
 
 
 class Verdict(Twin):
@@ -520,11 +609,28 @@ class Download(Twin):
 
 
 class CircuitPage(CircuitSummary):
+    target_loss: float | None = Field(description="The task loss (nats) pruning aims for on the pruning pairs; "
+                                                  "null while a circuit is being computed and the run does not say.")
+    loss: float | None = Field(description="The circuit's task loss on the pruning pairs; the best reached when "
+                                           "not found; null while being computed.")
+    n_nodes: int = Field(description="Kept nodes; 0 when no circuit was found (see `best_k`).")
+    n_edges: int = Field(description="Nonzero weights between kept nodes; 0 when no circuit was found.")
+    status: Literal["found", "not_found", "computing"] = Field(description=(
+        "`found`: some k met the target; `not_found`: none did, and the page shows no nodes, only the best loss "
+        "reached; `computing`: the atlas has no such circuit yet and the precompute job writing it is finding it."))
+    verdict: str = Field(description="The page's headline in words: found with its size, or not found with the best "
+                                     "loss reached, and whether the full model solves the task.")
+    best_loss: float | None = Field(description="The lowest task loss any k reached on the pruning pairs.")
+    best_k: int | None = Field(description="The smallest k reaching it.")
+    full_solves: bool | None = Field(description="Whether the full model's held-out loss is within the target; "
+                                                 "null when not recorded.")
+    writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
+    job: Progress | None = Field(description="While computing: the run finding it, with its progress.")
     model: ModelRef
     compare: Linked = Field(description="Every language model's circuit for this task, side by side.")
     download: Download = Field(description="This circuit as circuit-tracer's graph JSON (nodes, links, metadata), "
                                            "for tools that read that format.")
-    nodes: list[CircuitNode] = Field(description="Every kept node, in forward order.")
+    nodes: list[CircuitNode] = Field(description="Every kept node, in forward order; empty unless found.")
     embeddings: list[CircuitNode] = Field(description="The embedding's channels (`0.resid_pre`) that feed kept read "
                                                       "channels: drawn as the graph's first column.")
     candidates: list[Candidate]
@@ -533,18 +639,44 @@ class CircuitPage(CircuitSummary):
     residual: list[ResidualLink] = Field(description="Residual links between kept nodes, and from the embedding.")
     logits: list[LogitLink] = Field(description="Kept write channels to the candidates' logits.")
     curve: list[CurvePoint] = Field(description="Every k the search evaluated, k ascending; the circuit is k = "
-                                                "`n_nodes`.")
+                                                "`n_nodes` (when not found, `best_k` is marked).")
     trace: list[TraceStep] = Field(description="Mask training, every tenth step.")
     faithfulness: Faithfulness | None
+    evidence: list[EvidenceRow] = Field(description="Full model, circuit alone (mean, zero), circuit ablated, all "
+                                                    "ablated (k = 0) and the null, in that order; empty while "
+                                                    "computing.")
+    beats_full: BeatsFull | None = Field(description="Whether the circuit alone beats the full model beyond noise; "
+                                                     "null when no circuit was found.")
+    null: NullResult | None = Field(description="The same pruning on a weight-shuffled model; null when not "
+                                                "recorded.")
+    sweep: Sweep | None = Field(description="The settings pruning tried; null when not recorded.")
+    calibration: Calibration | None = Field(description="How the logit difference is read (scale, shift); null "
+                                                        "when not recorded.")
     examples: list[PairExample] = Field(description="A few held-out pairs.")
     config: dict[str, Any] = Field(description="How pruning ran: steps, lr, k_coef, init, seed, batch, prune_pairs, "
                                                "eval_pairs, ablation, mean_tokens, nodes_total, seconds.")
 
 
+class FullScores(Twin):
+    loss: float | None = Field(description="The full model's task loss on the held-out pairs, nats.")
+    accuracy: float | None
+
+
 class TaskCircuit(CircuitSummary):
-    """One model's circuit for the task, with what tells whether models are compared at matched loss."""
+    """One model's circuit for the task, with what tells whether models are compared at matched loss, and whether the
+    model solves the task at all."""
 
     model: ModelRef
+    n_nodes: int = Field(description="Kept nodes; 0 when no circuit was found (see `best_k`).")
+    n_edges: int = Field(description="Nonzero weights between kept nodes; 0 when no circuit was found.")
+    status: Literal["found", "not_found"] = Field(description="Whether some k met the target.")
+    full: FullScores | None = Field(description="The full model on the held-out pairs; null when not recorded.")
+    full_solves: bool | None = Field(description="Whether the full model's held-out loss is within the target: a "
+                                                 "model that does not solve the task has no circuit to compare.")
+    best_loss: float | None = Field(description="The lowest task loss any k reached on the pruning pairs.")
+    best_k: int | None = Field(description="The smallest k reaching it.")
+    said: str = Field(description="In words: `found: N nodes, E edges`, `not found: best loss L at k = K`, or `MODEL "
+                                  "does not solve the task (loss L, accuracy A)`.")
     weights: str | None = Field(description="`sparse` or `dense`, from the model card.")
     pretraining_loss: float | None = Field(description="The model's held-out loss on pretraining text, "
                                                        "nats/token, from its card.")
@@ -563,19 +695,25 @@ class PairSize(Twin):
 
 
 class CircuitPair(Twin):
-    """A dense model's circuit against a weight-sparse model's, for the same task, at one task loss."""
+    """A dense model's circuit against a weight-sparse model's, for the same task, at one task loss: the target when
+    both were found there; never when either model does not solve the task."""
 
     dense: ModelRef
     sparse: ModelRef
     loss: float | None = Field(description="The task loss both compared circuits meet on their pruning pairs: the "
-                                           "target when both met it, else the tightest recorded loss both reach; "
-                                           "null when there is none.")
-    at_target: bool = Field(description="Whether `loss` is the circuits' target (both met it).")
+                                           "target when both were found there, else (when both models solve the "
+                                           "task) the tightest recorded loss both reach; null when there is none or "
+                                           "either model does not solve the task.")
+    at_target: bool = Field(description="Whether `loss` is the circuits' target (both found there).")
     dense_size: PairSize | None = Field(description="The dense circuit's size at `loss`.")
     sparse_size: PairSize | None = Field(description="The sparse circuit's size at `loss`.")
-    edge_ratio: float | None = Field(description="Dense edges ÷ sparse edges at `loss`; null without a common loss "
-                                                 "or when the sparse circuit has no edges.")
+    edge_ratio: float | None = Field(description="Dense edges ÷ sparse edges at `loss`; null without a common loss, "
+                                                 "when either model does not solve the task, or when the sparse "
+                                                 "circuit has no edges.")
     node_ratio: float | None = Field(description="Dense nodes ÷ sparse nodes at `loss`.")
+    said: str = Field(description="What the comparison is, in words: both found at the target; which model does not "
+                                  "solve the task (no ratio); or which circuit was not found and the loss compared "
+                                  "at instead.")
 
 
 class TaskPage(Linked):

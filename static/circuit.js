@@ -4,8 +4,9 @@
 // cross few of the circuit's weights. The residual stream and the logit reads are drawn but left out of the layout:
 // they span many columns, and dagre would stack a column of placeholders for each. Weights are green (positive) or
 // red (negative), as wide as |weight| is strong; the residual stream is faint dashes. Hovering a node shows what its
-// unit does (#node-brief); clicking it opens the unit's page. The graph is window.circuitGraph, for the console and
-// the browser tests.
+// unit does (#node-brief): its statistics from the page, and its first top contexts fetched from the unit's own JSON
+// twin (once per unit), so that the page of a circuit of thousands of nodes carries none; clicking it opens the
+// unit's page. The graph is window.circuitGraph, for the console and the browser tests.
 (function () {
   "use strict";
   const source = document.getElementById("circuit-data");
@@ -18,6 +19,8 @@
   const nodeId = (layer, index) => layer + ":" + index;
   const logitId = (token) => "logit:" + token;
   const strongest = (links) => links.reduce((most, link) => Math.max(most, Math.abs(link.weight)), 0) || 1;
+  const BRIEF_CONTEXTS = 3, BEFORE = 8, AFTER = 3;  // top contexts in a brief; tokens kept around the marked one
+  let briefs = 0;  // briefs shown or hidden so far: contexts arriving for an earlier one are dropped
   const SHORT_KINDS = {
     "attn.act_in": "attn read", "attn.q": "q", "attn.k": "k", "attn.v": "v", "attn.out": "attn write",
     "mlp.act_in": "mlp read", "mlp.post_act": "neuron", "mlp.out": "mlp write",
@@ -34,7 +37,8 @@
     columnOf.set(id, node.column);
     elements.push({ group: "nodes", classes: "unit " + (KIND_CLASSES[node.kind] || ""),
                     data: { id: id, label: String(node.index), layer: node.layer, kind: node.kind, index: node.index,
-                            tau: node.tau, url: node.url, brief: node.brief, column: node.column } });
+                            tau: node.tau, url: node.url, twin: node.json_url, brief: node.brief,
+                            column: node.column } });
   }
   for (const candidate of data.candidates) {
     columnOf.set(logitId(candidate.token), candidate.column);
@@ -136,6 +140,7 @@
     container.style.cursor = "";
     cy.elements().removeClass("faded focus");
     briefBox.hidden = true;
+    briefs += 1;
   }
   cy.on("mouseout", "node.unit", clearFocus);
   container.addEventListener("mouseleave", clearFocus);
@@ -152,9 +157,34 @@
     return value === null || value === undefined ? "–" : Number(value.toPrecision(digits || 3)).toString();
   }
 
+  // A unit's first top contexts, from its twin (`contexts.top`), fetched once; null if it could not be read.
+  const contextsOf = new Map();
+  function topContexts(url) {
+    if (!contextsOf.has(url)) {
+      contextsOf.set(url, fetch(url, { headers: { Accept: "application/json" } })
+        .then((response) => (response.ok ? response.json() : null))
+        .then((unit) => (unit ? ((unit.contexts && unit.contexts.top) || []).slice(0, BRIEF_CONTEXTS) : null))
+        .catch(() => null)
+        .then((found) => { if (found === null) contextsOf.delete(url); return found; }));
+    }
+    return contextsOf.get(url);
+  }
+
+  // A context cut to a few tokens around its marked one, the marked one highlighted.
+  function shortContext(context) {
+    const start = Math.max(0, context.position - BEFORE);
+    const item = element("li");
+    const code = element("code");
+    context.tokens.slice(start, context.position + AFTER + 1).forEach((token, i) => code.append(
+      i === context.position - start ? element("mark", "", visible(token)) : document.createTextNode(visible(token))));
+    item.append(code, element("span", "muted", "  " + number(context.activation)));
+    return item;
+  }
+
   // The unit's layer and index, tau, density and max, top tokens and a few short contexts around its peaks.
   function showBrief(node) {
     const brief = node.data("brief");
+    const shown = ++briefs;
     briefBox.replaceChildren();
     const head = element("div", "brief-head", node.data("layer") + ":" + node.data("index"));
     const tau = node.data("tau");
@@ -170,15 +200,14 @@
         briefBox.append(element("div", "brief-tokens", "peaks on " + peaks));
       }
       const contexts = element("ol", "brief-contexts");
-      for (const context of brief.contexts) {
-        const item = element("li");
-        const code = element("code");
-        context.tokens.forEach((token, i) => code.append(
-          i === context.position ? element("mark", "", visible(token)) : document.createTextNode(visible(token))));
-        item.append(code, element("span", "muted", "  " + number(context.activation)));
-        contexts.append(item);
-      }
-      briefBox.append(contexts);
+      const waiting = element("div", "muted brief-loading", "contexts…");
+      briefBox.append(contexts, waiting);
+      topContexts(node.data("twin")).then((found) => {
+        if (briefs !== shown) return;
+        waiting.remove();
+        if (found === null) contexts.replaceWith(element("div", "muted", "contexts could not be read"));
+        else found.forEach((context) => contexts.append(shortContext(context)));
+      });
     }
     briefBox.append(element("div", "muted", "click to open its page"));
     const at = node.renderedPosition();

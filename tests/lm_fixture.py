@@ -14,13 +14,22 @@ Every unit has a row; a few are filled in full:
 - the other units of ``NEURON``'s layer: density, max and top tokens in an order unlike their index, except
   ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires: an empty histogram).
 
-It has two task circuits: ``TASK`` (``QUOTE_NODES``, ``QUOTE_EDGES``, ``QUOTE_LOGITS``: met, faithful on held-out
-pairs; it keeps ``NEURON`` and ``QUERY``, the rest unmeasured) and ``FAITHLESS_TASK`` (met on the pruning pairs, but
-its held-out loss is above the target; it keeps ``NEURON`` too, with an edge the quote circuit also has).
+Its task circuits record every piece of evidence (``evidence``: the target with the best loss reached, held-out
+scores with the all-ablated baseline and the beats-full flag, a weight-shuffled null, the sweep of settings, the
+calibration):
 
-The model "fixture-lm-dense" has the same layers and a dense card (``DENSE_CARD``), no statistics, and a circuit for
-``TASK`` that keeps every node of its blocks with every weight between them (``DENSE_EDGES``, more than a page draws)
-and misses the target. Together the two models make a (dense, sparse) pair on the task's comparison page.
+- ``TASK`` (``QUOTE_NODES``, ``QUOTE_EDGES``, ``QUOTE_LOGITS``): found at the target, faithful on held-out pairs, the
+  full model solves the task, the null finds nothing; it keeps ``NEURON`` and ``QUERY``, the rest unmeasured;
+- ``FAITHLESS_TASK``: found on the pruning pairs but above the target held out, while the full model does not solve
+  the task and the circuit alone beats it beyond the interval; its null finds a circuit too. It keeps ``NEURON``,
+  with an edge the quote circuit also has;
+- ``NOT_FOUND_TASK``: the full model solves it, but no k meets the target: no nodes, no edges, the best loss reached.
+
+The model "fixture-lm-dense" has the same layers and a dense card (``DENSE_CARD``), no statistics, and circuits for
+the three tasks: ``TASK`` keeps every node of its blocks with every weight between them (``DENSE_EDGES``, more than a
+page draws), found at the target (above it held out); ``FAITHLESS_TASK`` is not found and its full model does not
+solve the task; ``NOT_FOUND_TASK`` is found (``DENSE_SET_NODES``). Together the two models make a (dense, sparse)
+pair on each task's comparison page: both found, both full models missing the target, and one circuit not found.
 
 Use the fixtures by importing them into a test module: ``from tests.lm_fixture import lm_atlas, lm_server``.
 """
@@ -32,10 +41,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from store import Atlas
 from sqlalchemy.orm import Session
 
+from store import Atlas
 from store.keys import CIRCUIT_NODE_KINDS, CardKey, CircuitKey, ContextKey, EdgeKind, ExampleKind, LayerKind, Stat
 from store.schema import Circuit, CircuitNode, Edge, Example, Layer, Model, Unit
 from tests.conftest import serving
@@ -133,18 +141,74 @@ QUOTE_EXAMPLES = [
 QUOTE_FAITHFULNESS = {"pairs": 400, "full": {"loss": 0.12, "accuracy": 0.95},
                       "circuit_mean": {"loss": 0.14, "accuracy": 0.91, "agreement": 0.93},
                       "circuit_zero": {"loss": 0.55, "accuracy": 0.7, "agreement": 0.71},
-                      "ablated_mean": {"loss": 0.74, "accuracy": 0.49, "agreement": 0.5}}
+                      "ablated_mean": {"loss": 0.74, "accuracy": 0.49, "agreement": 0.5},
+                      "all_ablated": {"loss": 0.69, "accuracy": 0.5, "agreement": 0.52},
+                      "beats_full": False, "interval": 0.031}
 QUOTE_CONFIG = {"steps": 400, "lr": 0.01, "k_coef": 0.0001, "init": 1.0, "seed": 0, "batch": 32, "prune_pairs": 256,
                 "eval_pairs": 400, "ablation": "mean", "mean_tokens": 65536, "nodes_total": 288, "seconds": 84.5}
+# The same pruning on a weight-shuffled copy of the model: it finds nothing at the target
+QUOTE_NULL = {"method": "weight-shuffled", "seed": 7, "met": False, "k": None, "edges": None, "loss": 0.612,
+              "full": {"loss": 0.71, "accuracy": 0.49}}
+QUOTE_SWEEP = {"settings": [{"k_coef": 1e-4, "lr": 0.05, "met": True, "k": 18, "edges": 13, "loss": 0.147},
+                            {"k_coef": 3e-4, "lr": 0.05, "met": True, "k": 15, "edges": 10, "loss": 0.14},
+                            {"k_coef": 1e-3, "lr": 0.05, "met": False, "k": None, "edges": None, "loss": 0.29}],
+               "chosen": 1, "seconds": 251.0}
+QUOTE_CALIBRATION = {"scale": 1.25, "shift": -0.03, "k": 15, "all_ablated": {"scale": 0.2, "shift": 0.01},
+                     "circuit_zero": {"scale": 0.9, "shift": 0.1}}
+# bracket_counting: met on the pruning pairs, but unfaithful on held-out ones, and the full model does not do the task
+# (held-out loss above the target): the circuit alone beats it by more than the interval, and so does the null
 FAITHLESS_NODES = {(MLP_IN.format(0), 5): 0.5, NEURON: 0.3, (MLP_OUT.format(0), 6): 0.2}
 FAITHLESS_EDGES = [((MLP_IN.format(0), 5), NEURON, 0.9), (NEURON, (MLP_OUT.format(0), 6), 0.6)]
 FAITHLESS_HELDOUT = 0.41
-DENSE_LOSS, DENSE_HELDOUT = 0.22, 0.35
-# Sizes at other losses, as the job records them from each curve (the smallest k at each loss, its edges): the dense
-# circuit misses the target, so the two are compared at 0.3, the tightest loss both reach
+FAITHLESS_FULL = {"loss": 0.55, "accuracy": 0.71}
+FAITHLESS_INTERVAL = 0.06
+FAITHLESS_NULL = {"method": "weight-shuffled", "seed": 7, "met": True, "k": 5, "edges": 3, "loss": 0.14,
+                  "full": {"loss": 0.7, "accuracy": 0.5}}
+# set_or_string: the full model solves it, but no k of the sparse model's order meets the target: not found, with the
+# best loss reached; the dense model's is found
+NOT_FOUND_TASK = "set_or_string"
+NOT_FOUND_BEST = (0.31, 40)  # best loss, at k
+NOT_FOUND_FULL = {"loss": 0.09, "accuracy": 0.97}
+NOT_FOUND_CURVE = [[1, 0.69], [10, 0.5], [40, 0.31], [80, 0.33], [288, 0.35]]
+DENSE_SET_NODES = {(MLP_IN.format(0), k): 0.5 for k in range(4)} | {(f"0.{LayerKind.MLP}", k): 0.4 for k in range(6)}
+DENSE_SET_EDGES = [((MLP_IN.format(0), 0), (f"0.{LayerKind.MLP}", k), 0.1 * (k + 1)) for k in range(6)]
+# The dense quote circuit keeps every node and meets the target; held out, it misses it
+DENSE_LOSS, DENSE_HELDOUT = 0.149, 0.35
+# bracket_counting of the dense model: its full model does not solve the task, and pruning finds nothing
+DENSE_BRACKET_FULL = {"loss": 0.6, "accuracy": 0.62}
+DENSE_BRACKET_BEST = (0.5, 100)
+# Sizes at other losses, as the job records them from each curve (the smallest k at each loss, its edges)
 QUOTE_SIZES = [{"target": 0.15, "k": 15, "edges": 10}, {"target": 0.2, "k": 12, "edges": 8},
                {"target": 0.3, "k": 8, "edges": 5}, {"target": 0.4, "k": 4, "edges": 2}]
-DENSE_SIZES = [{"target": 0.3, "k": 128, "edges": 900}, {"target": 0.5, "k": 64, "edges": 410}]
+DENSE_SIZES = [{"target": 0.15, "k": 144, "edges": 1024}, {"target": 0.3, "k": 128, "edges": 900},
+               {"target": 0.5, "k": 64, "edges": 410}]
+NOT_FOUND_SIZES = [{"target": 0.4, "k": 10, "edges": 12}, {"target": 0.5, "k": 10, "edges": 12}]
+DENSE_SET_SIZES = [{"target": 0.15, "k": 10, "edges": 6}, {"target": 0.4, "k": 6, "edges": 5}]
+
+
+def evidence(met: bool, k: int, edges: int, loss: float, full: dict | None = None, heldout: float | None = None,
+             beats_full: bool = False, interval: float = 0.031, null: dict | None = None,
+             best: tuple[float, int] | None = None) -> dict:
+    """The evidence keys of a circuit's params as the job writes them: the target with the best loss reached, the
+    held-out scores (only the full model's and the all-ablated baseline when no circuit was found), the null, the
+    sweep of settings and the calibration."""
+    full = full or QUOTE_FAITHFULNESS["full"]
+    best_loss, best_k = best or (loss, k)
+    if met:
+        faithfulness = {**QUOTE_FAITHFULNESS, "full": full, "beats_full": beats_full, "interval": interval,
+                        "circuit_mean": {**QUOTE_FAITHFULNESS["circuit_mean"],
+                                         "loss": QUOTE_FAITHFULNESS["circuit_mean"]["loss"] if heldout is None
+                                         else heldout}}
+    else:
+        faithfulness = {key: QUOTE_FAITHFULNESS[key] for key in ("pairs", "all_ablated")} | {"full": full}
+    settings = [{**s, "k": k if i == 1 else s["k"], "edges": edges if i == 1 else s["edges"],
+                 "loss": loss if i == 1 else s["loss"]} if met else {**s, "met": False, "k": None, "edges": None}
+                for i, s in enumerate(QUOTE_SWEEP["settings"])]
+    return {CircuitKey.TARGET: {"target": TARGET, "met": met, "best_loss": best_loss, "best_k": best_k},
+            CircuitKey.FAITHFULNESS: faithfulness, CircuitKey.NULL: null or QUOTE_NULL,
+            CircuitKey.SWEEP: {**QUOTE_SWEEP, "settings": settings, "chosen": 1 if met else None},
+            CircuitKey.CALIBRATION: {**QUOTE_CALIBRATION, "k": best_k} if met else
+            {key: QUOTE_CALIBRATION[key] for key in ("scale", "shift", "all_ablated")} | {"k": best_k}}
 
 
 def dense_nodes() -> list[tuple[str, int]]:
@@ -242,13 +306,10 @@ def add_model(session: Session, slug: str, title: str, description: str, card: d
 
 
 def add_circuit(session: Session, model: Model, units: dict, task: str, nodes: dict, edges: list, loss: float,
-                met: bool, heldout: float, **params) -> None:
-    """A circuit as the job saves it: its row, its kept nodes with their tau, and its edges."""
-    faithfulness = {**QUOTE_FAITHFULNESS, "circuit_mean": {**QUOTE_FAITHFULNESS["circuit_mean"], "loss": heldout}}
+                params: dict) -> None:
+    """A circuit as the job saves it: its row, its kept nodes with their tau, and its edges (none when not found)."""
     circuit = Circuit(model_id=model.id, slug=task, task=task, target_loss=TARGET, loss=loss, n_nodes=len(nodes),
-                      n_edges=len(edges), params={CircuitKey.TARGET: {"target": TARGET, "met": met},
-                                                  CircuitKey.CONFIG: QUOTE_CONFIG,
-                                                  CircuitKey.FAITHFULNESS: faithfulness, **params})
+                      n_edges=len(edges), params={CircuitKey.CONFIG: QUOTE_CONFIG, **params})
     session.add(circuit)
     session.flush()
     session.add_all(CircuitNode(circuit_id=circuit.id, unit_id=units[node].id, score=tau)
@@ -286,17 +347,33 @@ def build(root: Path) -> Path:
                  CircuitKey.SIZES: QUOTE_SIZES,
                  CircuitKey.TRACE: [{"step": step, "task_loss": round(0.7 - step / 1000, 3), "kept": 288 - step // 2}
                                     for step in range(0, 400, 10)]}
-        add_circuit(session, model, units, TASK, QUOTE_NODES, QUOTE_EDGES, 0.14, True, 0.14, **quote)
-        add_circuit(session, model, units, FAITHLESS_TASK, FAITHLESS_NODES, FAITHLESS_EDGES, 0.13, True,
-                    FAITHLESS_HELDOUT, **{CircuitKey.CURVE: [[1, 0.6], [3, 0.13]]})
+        add_circuit(session, model, units, TASK, QUOTE_NODES, QUOTE_EDGES, 0.14,
+                    {**quote, **evidence(True, len(QUOTE_NODES), len(QUOTE_EDGES), 0.14)})
+        add_circuit(session, model, units, FAITHLESS_TASK, FAITHLESS_NODES, FAITHLESS_EDGES, 0.13,
+                    {CircuitKey.CURVE: [[1, 0.6], [3, 0.13]],
+                     **evidence(True, len(FAITHLESS_NODES), len(FAITHLESS_EDGES), 0.13, full=FAITHLESS_FULL,
+                                heldout=FAITHLESS_HELDOUT, beats_full=True, interval=FAITHLESS_INTERVAL,
+                                null=FAITHLESS_NULL)})
+        add_circuit(session, model, units, NOT_FOUND_TASK, {}, [], NOT_FOUND_BEST[0],
+                    {CircuitKey.CURVE: NOT_FOUND_CURVE, CircuitKey.EXAMPLES: QUOTE_EXAMPLES,
+                     CircuitKey.SIZES: NOT_FOUND_SIZES,
+                     **evidence(False, 0, 0, NOT_FOUND_BEST[0], full=NOT_FOUND_FULL, best=NOT_FOUND_BEST)})
 
         dense, dense_units = add_model(session, DENSE_SLUG, "Fixture LM (dense)", "Its dense twin.", DENSE_CARD)
         dense_curve = [[k, max(DENSE_LOSS, round(0.7 - k / 250, 3))] for k in (1, 2, 4, 8, 16, 32, 64, 128, 144)]
         add_circuit(session, dense, dense_units, TASK, {node: round(rng.uniform(0.01, 1), 3) for node in dense_nodes()},
-                    DENSE_EDGES, DENSE_LOSS, False, DENSE_HELDOUT, **{CircuitKey.CURVE: dense_curve,
-                                                                      CircuitKey.EXAMPLES: QUOTE_EXAMPLES,
-                                                                      CircuitKey.LOGITS: QUOTE_LOGITS,
-                                                                      CircuitKey.SIZES: DENSE_SIZES})
+                    DENSE_EDGES, DENSE_LOSS, {CircuitKey.CURVE: dense_curve, CircuitKey.EXAMPLES: QUOTE_EXAMPLES,
+                                              CircuitKey.LOGITS: QUOTE_LOGITS, CircuitKey.SIZES: DENSE_SIZES,
+                                              **evidence(True, len(dense_nodes()), len(DENSE_EDGES), DENSE_LOSS,
+                                                         full={"loss": 0.1, "accuracy": 0.96},
+                                                         heldout=DENSE_HELDOUT)})
+        add_circuit(session, dense, dense_units, FAITHLESS_TASK, {}, [], DENSE_BRACKET_BEST[0],
+                    {CircuitKey.CURVE: [[1, 0.69], [100, 0.5], [288, 0.52]],
+                     **evidence(False, 0, 0, DENSE_BRACKET_BEST[0], full=DENSE_BRACKET_FULL,
+                                best=DENSE_BRACKET_BEST)})
+        add_circuit(session, dense, dense_units, NOT_FOUND_TASK, DENSE_SET_NODES, DENSE_SET_EDGES, 0.12,
+                    {CircuitKey.CURVE: [[1, 0.6], [10, 0.12]], CircuitKey.SIZES: DENSE_SET_SIZES,
+                     **evidence(True, len(DENSE_SET_NODES), len(DENSE_SET_EDGES), 0.12, full=NOT_FOUND_FULL)})
     return root
 
 
@@ -309,3 +386,4 @@ def lm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lm_server(lm_atlas: Path) -> Iterator[str]:
     with serving(lm_atlas) as url:
         yield url
+

@@ -1,5 +1,6 @@
 """The circuit page's graph in a real headless Chromium: the vendored library draws every node in its column, a dense
-circuit draws only its strongest weights, hovering a node shows its unit's brief, and a click opens the unit's page."""
+circuit draws only its strongest weights, hovering a node shows its unit's brief (its contexts fetched from the unit's
+twin), and a click opens the unit's page."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_a_dense_circuit_draws_its_strongest_weights(page, lm_server: str):
     assert page.locator("#graph-note").inner_text().startswith("144 nodes")
 
 
-def test_hovering_a_node_shows_its_brief(page, lm_server: str):
+def test_hovering_a_node_shows_its_brief_and_fetches_its_contexts(page, lm_server: str):
     open_graph(page, lm_server, QUOTE)
     brief = page.locator("#node-brief")
     assert brief.is_hidden()
@@ -66,8 +67,12 @@ def test_hovering_a_node_shows_its_brief(page, lm_server: str):
     brief.wait_for(state="visible")
     text = brief.inner_text()
     assert text.startswith(NODE_ID) and "tau 0.95" in text and "density 12.00% · max 4.5" in text
-    assert brief.locator("li").count() == 3
-    assert brief.locator("li").first.locator("mark").inner_text() == KNOWN_TOKENS[KNOWN_PEAK].replace(" ", "·")
+    brief.locator("li").nth(2).wait_for()  # the contexts, fetched from the unit's twin
+    assert brief.locator("li").count() == 3 and brief.locator(".brief-loading").count() == 0
+    first = brief.locator("li").first
+    assert first.locator("mark").inner_text() == KNOWN_TOKENS[KNOWN_PEAK].replace(" ", "·")
+    shown = "".join(KNOWN_TOKENS[KNOWN_PEAK - 8:KNOWN_PEAK + 4]).replace(" ", "·").replace("\n", "⏎")
+    assert first.locator("code").inner_text() == shown  # 8 tokens before the peak, it, and 3 after
     page.mouse.move(2, 2)
     brief.wait_for(state="hidden")
 
