@@ -31,6 +31,8 @@ page draws), found at the target (above it held out); ``FAITHLESS_TASK`` is not 
 solve the task; ``NOT_FOUND_TASK`` is found (``DENSE_SET_NODES``). Together the two models make a (dense, sparse)
 pair on each task's comparison page: both found, both full models missing the target, and one circuit not found.
 
+``build_large`` writes another atlas: one TinyLM-shaped model with a 1,500-node circuit, for the page's bench.
+
 Use the fixtures by importing them into a test module: ``from tests.lm_fixture import lm_atlas, lm_server``.
 """
 
@@ -41,6 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from store import Atlas
@@ -387,3 +390,89 @@ def lm_server(lm_atlas: Path) -> Iterator[str]:
     with serving(lm_atlas) as url:
         yield url
 
+
+# A circuit the size of a large real one, for ``bench/circuit_page.py``: a model shaped like TinyLM (2 blocks,
+# d_model 256, d_mlp 1024: 5,632 nodes), every unit measured, every node and embedding channel with 20 top and
+# 5 random contexts, and a circuit keeping ``n_nodes`` of them with about ``edges_per_node`` weights each (a sparse
+# model's circuits have about 4), every evidence key recorded.
+LARGE_SLUG, LARGE_TASK = "large-lm", "large_task"
+LARGE_D_MODEL, LARGE_D_MLP = 256, 1024
+
+
+def large_stats(rng: random.Random) -> dict:
+    counts = [rng.randrange(1, 500) for _ in range(40)]
+    return {Stat.DENSITY: round(rng.uniform(0.001, 0.5), 4), Stat.MEAN: round(rng.uniform(0, 1), 4),
+            Stat.MAX: round(rng.uniform(0.5, 8), 3), Stat.MIN: round(rng.uniform(-1, 0), 3), Stat.N: 262144,
+            Stat.MEASURE: "activation at every token of 262,144 held-out tokens",
+            Stat.HISTOGRAM: {"edges": [i / 8 for i in range(41)], "counts": counts},
+            Stat.TOP_TOKENS: [rng.choice(["x", " =", " 1", "\n", "(", ")", " if", '"', "'"]) for _ in range(5)],
+            Stat.LOGIT_EFFECTS: {key: [{"token": f"t{i}", "id": i, "value": round(rng.uniform(-1, 1), 3)}
+                                       for i in range(10)] for key in ("promoted", "suppressed")}}
+
+
+def build_large(root: Path, n_nodes: int = 1500, edges_per_node: float = 4.0, seed: int = 0) -> Path:
+    """Write the large circuit's atlas into ``root`` (a new directory) and return it."""
+    rng = random.Random(seed)
+    widths = {kind: LARGE_D_MLP if kind == LayerKind.MLP else LARGE_D_MODEL for kind in BLOCK}
+    layers = [(f"{b}.{kind}", kind, widths[kind]) for b in range(N_BLOCKS) for kind in BLOCK]
+    layers.append((f"{N_BLOCKS - 1}.{LayerKind.RESID_POST}", LayerKind.RESID_POST, LARGE_D_MODEL))
+    with Atlas.open_for_writing(root) as atlas, atlas.batch() as session:
+        model = Model(slug=LARGE_SLUG, title="Large LM", kind="language", description="TinyLM-shaped, hand-built.",
+                      source="tests/lm_fixture.py", card=CARD)
+        session.add(model)
+        session.flush()
+        units: dict[tuple[str, int], int] = {}
+        for position, (name, kind, n) in enumerate(layers):
+            layer = Layer(model_id=model.id, name=name, position=position, kind=kind, n_units=n, shape=[n],
+                          description=f"{kind} of block {name.partition('.')[0]}")
+            session.add(layer)
+            session.flush()
+            session.execute(insert(Unit), [{"layer_id": layer.id, "index": i, "stats": large_stats(rng)}
+                                           for i in range(n)])
+            for unit_id, index in session.execute(select(Unit.id, Unit.index).where(Unit.layer_id == layer.id)):
+                units[name, index] = unit_id
+        candidates = [(f"{b}.{kind}", i) for b in range(N_BLOCKS) for kind in CIRCUIT_NODE_KINDS
+                      for i in range(widths[kind])]
+        kept = rng.sample(candidates, n_nodes)
+        by_layer: dict[str, list[int]] = {}
+        for name, index in kept:
+            by_layer.setdefault(name, []).append(index)
+        pairs = []  # the kinds of weight a circuit counts, inside each block
+        for b in range(N_BLOCKS):
+            def of(kind: str) -> list[tuple[str, int]]:
+                return [(f"{b}.{kind}", i) for i in by_layer.get(f"{b}.{kind}", [])]
+            pairs += [(s, d) for s in of(LayerKind.ATTN_IN) for kind in (LayerKind.ATTN_Q, LayerKind.ATTN_K,
+                                                                          LayerKind.ATTN_V) for d in of(kind)]
+            pairs += [(s, d) for s in of(LayerKind.ATTN_V) for d in of(LayerKind.ATTN_OUT)]
+            pairs += [(s, d) for s in of(LayerKind.MLP_IN) for d in of(LayerKind.MLP)]
+            pairs += [(s, d) for s in of(LayerKind.MLP) for d in of(LayerKind.MLP_OUT)]
+        edges = rng.sample(pairs, min(len(pairs), round(n_nodes * edges_per_node)))
+        writes = [(name, i) for name, i in kept if name.endswith((LayerKind.ATTN_OUT, LayerKind.MLP_OUT))]
+        logits = [{"layer": name, "index": i, "token": token, "weight": round(rng.uniform(-2, 2), 3)}
+                  for name, i in writes for token in CANDIDATES]
+        curve = sorted({min(k, len(candidates)): round(0.7 * 0.5 ** (k / 400) + 0.05, 4)
+                        for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1400, 1450, 1500, 1600, 2048, 4096)}
+                       .items())
+        circuit = Circuit(model_id=model.id, slug=LARGE_TASK, task=LARGE_TASK, target_loss=TARGET, loss=0.149,
+                          n_nodes=n_nodes, n_edges=len(edges), params={
+                              **evidence(met=True, k=n_nodes, edges=len(edges), loss=0.149),
+                              CircuitKey.CONFIG: QUOTE_CONFIG, CircuitKey.CURVE: [list(p) for p in curve],
+                              CircuitKey.TRACE: [{"step": s, "task_loss": round(0.7 - s / 1000, 3),
+                                                  "kept": 5632 - s * 10} for s in range(0, 400, 10)],
+                              CircuitKey.EXAMPLES: QUOTE_EXAMPLES, CircuitKey.LOGITS: logits,
+                              CircuitKey.SIZES: QUOTE_SIZES})
+        session.add(circuit)
+        session.flush()
+        session.execute(insert(CircuitNode), [{"circuit_id": circuit.id, "unit_id": units[node],
+                                               "score": round(rng.uniform(0.01, 1), 4)} for node in kept])
+        session.execute(insert(Edge), [{"src_unit_id": units[s], "dst_unit_id": units[d], "kind": EdgeKind.CIRCUIT,
+                                        "circuit_id": circuit.id, "weight": round(rng.uniform(-1, 1), 4) or 0.5}
+                                       for s, d in edges])
+        embedded = [(f"0.{LayerKind.RESID_PRE}", i) for i in range(LARGE_D_MODEL)]
+        for node in kept + embedded:
+            rows = [{"unit_id": units[node], "kind": ExampleKind.TOP, "rank": rank, "activation": 8 - rank / 4,
+                     "source": window(rng, 8 - rank / 4, f"lib/m{rank}.py", 64 * rank)} for rank in range(20)]
+            rows += [{"unit_id": units[node], "kind": ExampleKind.RANDOM, "rank": rank, "activation": 0.5,
+                      "source": window(rng, 0.5, f"lib/r{rank}.py", 5000 + 64 * rank)} for rank in range(5)]
+            session.execute(insert(Example), rows)
+    return root
