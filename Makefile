@@ -25,7 +25,7 @@ browser:
 	  echo "chromium not installed: browser tests will be skipped"
 
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: install
 	$(BIN)/python bench/featvis_batching.py

@@ -113,8 +113,10 @@ def quotes_file(rng: random.Random) -> str:
     return "".join(lines)
 
 
-def _atom(rng: random.Random, names: list[str]) -> str:
-    roll = rng.random()
+def _atom(rng: random.Random, names: list[str], plain: bool = False) -> str:
+    """A list element; ``plain`` ones (a number or a name) end a literal, so its closing brackets are tokens of their
+    own (``x[3]]`` would merge an index's bracket into them)."""
+    roll = rng.random() * (0.75 if plain else 1.0)
     if roll < 0.45:
         return str(rng.randint(0, 99))
     if roll < 0.6:
@@ -129,9 +131,10 @@ def _atom(rng: random.Random, names: list[str]) -> str:
 
 
 def nested_list(rng: random.Random, names: list[str], depth: int) -> str:
-    """A list literal nested ``depth`` deep (1-3), rows of varied length."""
+    """A list literal nested ``depth`` deep (1-3), rows of varied length, the last element plain."""
     if depth == 1:
-        return "[" + ", ".join(_atom(rng, names) for _ in range(rng.randint(1, 6))) + "]"
+        count = rng.randint(1, 6)
+        return "[" + ", ".join(_atom(rng, names, plain=i == count - 1) for i in range(count)) + "]"
     return "[" + ", ".join(nested_list(rng, names, depth - 1) for _ in range(rng.randint(1, 4))) + "]"
 
 
@@ -147,7 +150,7 @@ def lists_file(rng: random.Random) -> str:
         names[0] = arg
         indent = "    "
     for _ in range(rng.randint(3, 8)):
-        depth = rng.choice((1, 1, 2, 2, 2, 3))
+        depth = rng.choice((1, 1, 1, 2, 2, 2, 3))
         literal = nested_list(rng, names, depth)
         target = rng.choice(names[1:])
         wrapper = rng.choice(("np.array", "torch.tensor", "list", "tuple", "np.asarray", "validate"))
@@ -199,7 +202,7 @@ def accumulators_file(rng: random.Random) -> str:
         lines.append(f"    {other} = {rng.choice((f'len({arg})', '0', 'None', f'{arg}[0]', 'True', '[]'))}\n")
     lines.append(f"    {rng.choice((f'for {item} in {arg}:', f'for {item} in sorted({arg}):', f'if {arg}:'))}\n")
     body = "        "
-    order = kinds * rng.randint(1, 2)
+    order = kinds * rng.randint(1, 3)
     rng.shuffle(order)
     for kind in order:
         var = names[kinds.index(kind)]
@@ -216,15 +219,17 @@ GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "lists": lists_file,
     "accumulators": accumulators_file,
 }
+# Files of each kind per round: the corpus teaches quotes well already; depth and types need more examples.
+ROUND = ("quotes", "lists", "accumulators", "lists", "accumulators")
 
 
 def files(seed: int) -> Iterator[str]:
-    """An endless seeded stream of generated files, the three kinds in turn (seeds are ``synthetic/<seed>``: the
-    tasks draw theirs from ``<task>/<split>/<seed>``)."""
+    """An endless seeded stream of generated files, the kinds in ``ROUND``'s proportions and order (seeds are
+    ``synthetic/<seed>``: the tasks draw theirs from ``<task>/<split>/<seed>``)."""
     rng = random.Random(f"synthetic/{seed}")
     while True:
-        for make in GENERATORS.values():
-            yield make(rng)
+        for kind in ROUND:
+            yield GENERATORS[kind](rng)
 
 
 def chunks(tokenizer: Tokenizer, seed: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:

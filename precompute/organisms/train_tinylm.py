@@ -37,9 +37,14 @@ MONITOR_PAIRS = 128  # pruning pairs per task scored at each check
 
 def architecture() -> GPTConfig:
     """Both organisms' shape: two blocks 256 wide, 16 heads of 16, AbsTopK 25% at every location the paper uses,
-    no position embeddings, and a rank-128 bigram table (a full 2048 x 2048 one would be 8 MB of the few we commit)."""
+    a rank-128 bigram table (a full 2048 x 2048 one would be 8 MB of the few we commit), and learned position
+    embeddings added to the token embeddings (OpenAI's model code has them; the paper's models go without). Without
+    them two blocks cannot tell the latest quote from earlier ones: trained so, the organisms' quote accuracy fell
+    from 79% with no earlier string in the prompt to 54% with three, and bracket depth and set-or-string stayed
+    near chance (README, "The embedded language organisms")."""
     return GPTConfig(vocab_size=2048, block_size=128, n_layer=2, n_head=16, d_head=16, d_model=256, d_mlp=1024,
-                     afrac=0.25, enable_bigram_table=True, learnable_bigram_table=True, bigram_table_rank=128)
+                     afrac=0.25, enable_bigram_table=True, learnable_bigram_table=True, bigram_table_rank=128,
+                     position_embedding=True)
 
 
 def windows(sources: list[tuple[np.ndarray, int]], context: int, seed: int, step: int) -> torch.Tensor:
