@@ -10,6 +10,7 @@ prompt's longest inner word are searched for the prompt.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -56,6 +57,12 @@ def prompts() -> list[str]:
     return [pair.prompt for task in TASKS.values() for which in SPLITS for pair in split(task, which, tinylm.TASK_PAIRS)]
 
 
+@functools.cache
+def _generated(tokens: int, seed: int) -> list[str]:
+    """The generated files of a card's record (the twins read the same ones: made once)."""
+    return synthetic.texts(load_tokenizer(), tokens, seed)
+
+
 def _inner_words(prompt: str) -> set[str]:
     """Words with a non-word character on both sides inside ``prompt``: whole words wherever the prompt occurs."""
     return {m.group() for m in WORD.finditer(prompt) if m.start() > 0 and m.end() < len(prompt)}
@@ -68,7 +75,7 @@ def test_no_task_prompt_occurs_in_the_generated_training_text(slug, prompts):
     training = json.loads(tinylm.card_path(slug).read_text())[CardKey.TRAINING]
     recorded = training["synthetic"]
     tokenizer = load_tokenizer()
-    files = synthetic.texts(tokenizer, recorded["tokens"], recorded["seed"])
+    files = _generated(recorded["tokens"], recorded["seed"])
     assert sum(len(ids) for ids in tokenizer.encode_batch(files, add_special_tokens=False)) + len(files) \
         == recorded["tokens"]
     text = "\n".join(files)
