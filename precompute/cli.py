@@ -101,13 +101,20 @@ def tasks(
                                                           "checked and listed with the built-in ones (repeatable)."),
     python: list[str] = typer.Option([], "--python", help="A task of yours in Python, package.module:NAME (a Task or "
                                                            "a function returning one), checked and listed (repeatable)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A language model whose circuits your tasks are for "
+                                                               "(tinylm-sparse, tinylm-dense): check them against "
+                                                               "its tokenizer, and that they have the pairs a "
+                                                               "circuit run draws."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the binary next-token tasks language models are scored and pruned on, with an example prompt each."""
     from precompute.lm.tasks import TASKS
 
     found = dict(TASKS)
-    for task in _user_tasks(jsonl, python):
+    mine = _user_tasks(jsonl, python)
+    if model is not None:
+        _check_tasks(mine, model)
+    for task in mine:
         found[task.name] = task
     listed = [{"name": task.name, "candidates": list(task.candidates), "description": task.description,
                "example": {"prompt": pair.prompt, "correct": pair.correct, "wrong": pair.wrong}}
@@ -138,6 +145,41 @@ def _user_tasks(files: list[Path], targets: list[str]) -> list:
         except ValueError as err:
             raise fail(f"task {err}") from None
     return found
+
+
+CIRCUIT_LOADER = "precompute.loaders:load_tinylm"  # the models circuits are found for: the embedded organisms
+
+
+def _check_tasks(tasks: list, slug: str, config=None) -> None:
+    """Exit code 2 unless each task can be pruned for model ``slug`` with ``config`` (a CircuitConfig; None: the
+    defaults, where torch is installed to read them, else only the candidates are checked): its candidates single
+    tokens of the model's tokenizer, its splits as large as the run draws."""
+    from precompute.lm.task_check import check_candidates, check_splits
+    from precompute.lm.tokenizer import load_tokenizer
+
+    try:
+        spec = get_model(slug)
+    except KeyError as exc:
+        raise fail(exc.args[0]) from None
+    if spec.loader != CIRCUIT_LOADER:
+        circuit_models = ", ".join(s for s, entry in REGISTRY.items() if entry.loader == CIRCUIT_LOADER)
+        raise fail(f"--model {slug}: circuits are found for the embedded language organisms ({circuit_models}), "
+                   f"whose tokenizer the tasks are checked against")
+    if config is None:
+        try:
+            from precompute.lm.circuits import CircuitConfig
+        except ImportError:  # a base install: the candidates are what can be checked
+            pass
+        else:
+            config = CircuitConfig()
+    tokenizer = load_tokenizer()
+    for task in tasks:
+        try:
+            check_candidates(task, tokenizer)
+            if config is not None:
+                check_splits(task, config.prune_pairs, config.eval_pairs, config.prune.seed)
+        except ValueError as exc:
+            raise fail(f"{exc} (model {slug})") from None
 
 
 def _chosen_tasks(names: str | None, files: list[Path]) -> tuple | None:
@@ -181,12 +223,23 @@ def _require_torch() -> None:
 
 
 def _device(name: str) -> str:
+    """The device ``--device`` names, checked: cpu, cuda or cuda:N that torch sees, or auto; exit code 2 otherwise."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise fail(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise fail(f"--device {name!r}: choose cpu, cuda, cuda:N or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise fail(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise fail(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s): "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return name
 
 
@@ -299,11 +352,14 @@ def precompute(
 
         given = {"steps": prune_steps, "k_coef": k_coef, "target_loss": target_loss}
         prune = PruneConfig(seed=seed, **{key: value for key, value in given.items() if value is not None})
+        circuits = CircuitConfig(prune=prune)
+        if chosen_tasks:  # each task can be pruned, or the run stops here, before writing anything
+            _check_tasks(list(chosen_tasks), spec.slug, circuits)
         request = job.Request(spec, atlas, selection, contexts=ContextsConfig(tokens=tokens, seed=seed),
-                              circuits=CircuitConfig(prune=prune), tasks=chosen_tasks, device=_device(device),
+                              circuits=circuits, tasks=chosen_tasks, device=_device(device),
                               force=force, wait=not no_wait)
     else:
-        from render.fast_forward import PRECISIONS, native_bfloat16
+        from render.fast_forward import PRECISIONS, bfloat16_refusal
         from render.featvis import OBJECTIVES, RenderConfig, default_lr
 
         chosen = (objectives or "channel").split(",")
@@ -311,8 +367,8 @@ def precompute(
             raise fail(f"unknown objective(s) {sorted(unknown)}; choose from {', '.join(OBJECTIVES)}")
         if precision not in PRECISIONS:
             raise fail(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
-        if precision == "bfloat16" and not native_bfloat16(_device(device)):
-            err.print(f"note: {_device(device)} has no native bfloat16; --precision bfloat16 will be slower here")
+        if precision == "bfloat16" and (refusal := bfloat16_refusal(_device(device))):
+            raise fail(refusal)
         side = size or spec.preprocess.size
         config = RenderConfig(steps=steps, size=side, seed=seed, lr=lr if lr is not None else default_lr(side),
                               precision=precision)
@@ -467,6 +523,7 @@ def serve(
     import uvicorn
 
     from server.app import create_app
+    from server.http import CappedHeadProtocol
     from store import AtlasError
 
     try:
@@ -480,7 +537,7 @@ def serve(
         err.print(f"[bold yellow]warning:[/] {escape(check.pending.message)}; serving all the same: pages answer 503 "
                   f"until the index can be read")
     err.print(f"serving {atlas} at http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})")
-    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False, "http": CappedHeadProtocol}
     if workers == 1:
         uvicorn.run(web, **options)
     else:  # each worker builds its own app through the factory, from the same settings

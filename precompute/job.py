@@ -11,12 +11,13 @@ second run waits and then plans afresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from precompute.allocator import keep_freed_memory
@@ -37,7 +38,9 @@ from render.featvis import RenderConfig
 from render.layer_views import ViewConfig
 from store import Atlas
 from store.keys import CardKey, ModelKind
-from store.schema import Layer, Model, Run, Unit, utcnow
+from store.schema import (
+    INTERRUPTED, INTERRUPTED_AT, Circuit, Edge, Example, Layer, LayerImage, Model, Run, Unit, UnitImage, utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,60 @@ def _ensure_model(session: Session, spec: ModelSpec, force: bool = False) -> Mod
     return model
 
 
+def _has_content(session: Session, model_id: int) -> bool:
+    """Whether the atlas holds anything a stage made for the model, beyond the rows of its layers and units."""
+    layers = select(Layer.id).where(Layer.model_id == model_id)
+    units = select(Unit.id).where(Unit.layer_id.in_(layers))
+    probes = (select(UnitImage.id).where(UnitImage.unit_id.in_(units)),
+              select(Example.id).where(Example.unit_id.in_(units)),
+              select(Edge.id).where(Edge.src_unit_id.in_(units)),
+              select(LayerImage.id).where(LayerImage.layer_id.in_(layers)),
+              select(Circuit.id).where(Circuit.model_id == model_id),
+              select(Unit.id).where(Unit.id.in_(units), Unit.stats != {}))
+    return any(session.scalar(probe.limit(1)) is not None for probe in probes)
+
+
+def mark_interrupted(session: Session, why: str) -> list[int]:
+    """Record on every unfinished run that it was interrupted, when and why (``store.schema.INTERRUPTED_AT``): under
+    the writer lock no run is alive but the caller's, so a run without ``finished_at`` was killed or failed. Returns
+    their ids."""
+    now, found = utcnow().isoformat(), []
+    for run in session.scalars(select(Run).where(Run.finished_at.is_(None))):
+        if (run.progress or {}).get(INTERRUPTED_AT) is None:
+            run.progress = {**(run.progress or {}), INTERRUPTED_AT: now, INTERRUPTED: why}
+            found.append(run.id)
+    return found
+
+
+@contextmanager
+def _stopped_runs(atlas: Atlas, spec: ModelSpec) -> Iterator[None]:
+    """Around a run, under the writer lock: first, runs that a kill left unfinished are marked interrupted (their
+    history then reads true); if this run fails, a model it registered and saved nothing for is removed again with its
+    layers, units and runs (no half-registered model on the index), and otherwise its run is marked interrupted, with
+    the reason."""
+    with atlas.sessions.begin() as session:
+        mark_interrupted(session, "killed: found unfinished, with no writer alive, by a later run")
+        existed = session.scalar(select(Model.id).where(Model.slug == spec.slug)) is not None
+    try:
+        yield
+    except BaseException as exc:
+        why = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"[:500]
+        try:
+            with atlas.sessions.begin() as session:
+                model = session.scalar(select(Model).where(Model.slug == spec.slug))
+                if model is not None and not existed and not _has_content(session, model.id):
+                    layers = select(Layer.id).where(Layer.model_id == model.id)
+                    session.execute(delete(Unit).where(Unit.layer_id.in_(layers)))
+                    session.execute(delete(Layer).where(Layer.model_id == model.id))
+                    session.execute(delete(Run).where(Run.model_id == model.id))
+                    session.delete(model)
+                else:
+                    mark_interrupted(session, why)
+        except Exception:  # noqa: BLE001 - the failure itself (a full disk, a damaged index) is what gets reported
+            pass
+        raise
+
+
 def register(spec: ModelSpec, atlas: Path, wait: bool = True, on_wait: Callable[[], None] = lambda: None) -> None:
     """Write the model, its layers and units into the atlas (every page of it resolves), and nothing else."""
     with Atlas.open_for_writing(atlas, wait, on_wait) as opened, opened.sessions.begin() as session:
@@ -145,10 +202,11 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     atlas and this run waits for it, ``on_layers(todo)`` gives the counted things to make per layer (vision: the
     feature visualisations), right after ``on_plan``."""
     keep_freed_memory()
-    with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas:
+    net = request.spec.load().to(torch.device(request.device))  # bad weights fail here, before anything is written
+    with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas, _stopped_runs(atlas, request.spec):
         with atlas.sessions.begin() as session:
             model = _ensure_model(session, request.spec, request.force)
-            job = Job(request.spec, atlas, model.id, torch.device(request.device), request.force)
+            job = Job(request.spec, atlas, model.id, torch.device(request.device), request.force, _net=net)
             planned = [(stage, stage.plan(session)) for stage in stages(request, job)]
             total, kept = sum(plan.planned for _, plan in planned), sum(plan.kept for _, plan in planned)
             progress = Progress(planned[0][0].name, planned=total, kept=kept, todo=total - kept)
@@ -167,7 +225,6 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
         job.report = report
         on_plan(total, total - kept)
         on_layers({layer: todo for _, plan in planned for layer, todo in plan.by_layer.items()})
-        job.net  # noqa: B018 -- load (and check) the weights before any stage, even one with nothing to do
         for stage, plan in planned:
             if not plan.items:
                 continue

@@ -80,7 +80,10 @@ def architecture(target: str) -> nn.Module:
             factory = import_target(target, "a model factory")
             if not callable(factory):
                 raise UserModelError(f"{target!r} is a {type(factory).__name__}, not a function returning a module")
-            net = factory()
+            try:
+                net = factory()
+            except Exception as exc:  # noqa: BLE001 - the user's code: whatever it raises, say so in one line
+                raise UserModelError(f"{target!r}: calling it raised {type(exc).__name__}: {exc}") from None
             if not isinstance(net, nn.Module):
                 raise UserModelError(f"{target!r} returned a {type(net).__name__}, not a torch.nn.Module")
             return net
@@ -136,6 +139,9 @@ def candidates(net: nn.Module, size: int) -> list[Candidate]:
     try:
         with torch.no_grad():
             net.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # noqa: BLE001 - the user's module: whatever its forward raises, say so in one line
+        raise UserModelError(f"a forward pass of one [1, 3, {size}, {size}] image raised {type(exc).__name__}: "
+                             f"{exc}") from None
     finally:
         for handle in handles:
             handle.remove()

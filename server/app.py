@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from server import errors
 from server.cache import PageCache
+from server.query import CanonicalQuery
 from server.routes import router
 from server.settings import Settings
 from server.templating import package_dir
@@ -124,5 +125,6 @@ def create_app(atlas_dir: Path | None = None) -> FastAPI:
     app.include_router(router)
     errors.install(app)
     app.openapi = lambda: openapi_without_422(app)
-    app.add_middleware(PageCache, watch=watch, max_bytes=settings.cache_mb * 2**20)
+    app.add_middleware(PageCache, watch=watch, max_bytes=settings.cache_mb * 2**20,
+                       canonical_query=CanonicalQuery(router.routes))
     return app

@@ -4,7 +4,8 @@ Work done for one request serves every later one until the atlas changes (``serv
 response cacheable (``mark_cacheable``), and this layer keeps the finished bytes, an ETag (the route's own, or a hash of
 the body) and, for text, a gzipped copy. A hit is answered here without routing, threads or SQLite. The same layer
 answers ``If-None-Match`` with 304 and serves HEAD as GET without a body, for cached and uncached responses alike;
-``max_bytes=0`` keeps all of that and only stops storing.
+``max_bytes=0`` keeps all of that and only stops storing. The key is the path and the query cut to what the page
+reads (``server.query``), and the page is built from that same query, so an unknown parameter costs no build.
 
 One worker process owns one cache; it lives on the event loop's thread, so it needs no lock.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -78,10 +80,12 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
 
 
 class PageCache:
-    def __init__(self, app: ASGIApp, watch: AtlasWatch, max_bytes: int):
+    def __init__(self, app: ASGIApp, watch: AtlasWatch, max_bytes: int,
+                 canonical_query: Callable[[str, bytes], bytes] = lambda path, query: query):
         self.app = app
         self.watch = watch
         self.max_bytes = max_bytes
+        self.canonical_query = canonical_query  # the query as the page reads it (server.query): the key's half
         self.entries: OrderedDict[tuple[str, bytes], Entry] = OrderedDict()
         self.size = 0
         self.token: object = None
@@ -95,13 +99,14 @@ class PageCache:
         if token != self.token:
             self.entries.clear()
             self.size, self.token = 0, token
-        key = (scope["path"], scope["query_string"])
+        query = self.canonical_query(scope["path"], scope["query_string"])
+        key = (scope["path"], query)
         entry = self.entries.get(key)
         if entry is not None:
             self.entries.move_to_end(key)
             await self.reply(entry, scope, send, head)
             return
-        scope = {**scope, "method": "GET", "state": scope.get("state", {})}
+        scope = {**scope, "method": "GET", "query_string": query, "state": scope.get("state", {})}
         capture = Capture(scope, send, head)
         await self.app(scope, receive, capture.send)
         if capture.entry is not None:

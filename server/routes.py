@@ -42,7 +42,7 @@ from server.templating import render_page
 from server.twins import (
     CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, TaskPage, TasksPage, Twin, UnitPage,
 )
-from server.urls import DEFAULT_KIND, DEFAULT_SORT, FEATVIS, THUMBNAILS
+from server.urls import DEFAULT_KIND, DEFAULT_SORT, FEATVIS, THUMBNAILS, asset_url
 from store import FORMAT_VERSION
 from store.errors import BUSY, INTERRUPTED, classify
 from store.schema import Asset, Model
@@ -302,6 +302,8 @@ async def unit_html(request: Request, model: str, layer: str, unit: str) -> Resp
                 200: {"content": {"image/png": {}, "application/json": {}}, "description": "The blob's bytes."},
                 **NOT_MODIFIED, **ERRORS})
 async def asset(request: Request, name: str) -> Response:
+    """The blob at its hash, bare or with its media type's extension (``server.urls.asset_url``); another extension
+    is a 404 naming the right URL, so each blob has the URLs its pages link to and no others."""
     sha256 = name.partition(".")[0]
     if len(sha256) != 64 or not SHA256_CHARS.issuperset(sha256):
         raise NotFound(f"asset {echo(name)} not found")
@@ -312,6 +314,8 @@ async def asset(request: Request, name: str) -> Response:
             row = session.get(Asset, sha256)
         if row is None:
             raise NotFound(f"asset {echo(name)} not found")
+        if name != sha256 and f"/assets/{name}" != (url := asset_url(sha256, row.media_type)):
+            raise NotFound(f"asset {echo(name)} not found: blob {sha256} is {row.media_type}, at {url}")
         try:
             body = atlas.blob_path(sha256).read_bytes()
         except FileNotFoundError:

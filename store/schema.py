@@ -236,8 +236,14 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     # What the run is doing, committed with every saved batch so a server can show a job filling the atlas:
     # {"stage": "stats" | "render" | "done", "planned", "kept", "todo", "done": image counts, "current": "conv2 neuron"
-    # or null}. A run that stopped before "done" without a live writer (store.lock.writer_active) was interrupted.
+    # or null}. A run that stopped before "done" without a live writer (store.lock.writer_active) was interrupted;
+    # the job records that on it (INTERRUPTED_AT, INTERRUPTED) when it fails, or the next run when it was killed.
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+
+
+# Keys of an unfinished run's ``progress`` once its stop is recorded: when (ISO 8601: at once for a failure or Ctrl-C;
+# for a killed run, when a later run found it, so it stopped before then) and why ("Ctrl-C", "failed: ...", "killed: ...")
+INTERRUPTED_AT, INTERRUPTED = "interrupted_at", "interrupted"
 
 
 def unreferenced_assets() -> list[ColumnElement[bool]]:

@@ -56,6 +56,8 @@ class Report:
 def verify_atlas(root: Path) -> Report:
     """Check the atlas at ``root``. AtlasError if there is none (no directory, no ``atlas.db``); SQLite and OSError
     failures other than a damaged index propagate for ``store.errors.classify``."""
+    if root.exists() and not root.is_dir():
+        raise AtlasError(f"no atlas at {root}: it is a file; an atlas is a directory (atlas.db and blobs/)")
     if not root.is_dir():
         raise AtlasError(f"no atlas at {root}: there is no such directory")
     atlas = Atlas.open_unchecked(root)
