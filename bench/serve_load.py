@@ -7,7 +7,8 @@ Starts `atlascope serve --workers N` on the atlas (without --atlas: a quick one,
 built into a temporary directory in a minute or two), `bench/bare_route.py` under uvicorn with the same workers, and,
 when a `datasette` binary is found (--datasette, or on PATH), datasette on the same atlas.db as a second reference.
 After a short unmeasured warm-up of each, wrk (2 threads, 5 s timeout) rotates through every unit's JSON twin, every
-unit page, every layer page (HTML and JSON, each image kind), every image, and the bare route over every unit id, at
+unit page, every unit page with a query string new on each request (`?x=N`: a cache-busting client, which must cost
+no page build), every layer page (HTML and JSON, each image kind), every image, and the bare route over every unit id, at
 each connection count, and prints req/s, p50/p99 latency and errors per row, the unit/bare ratios, and the targets,
 met or not. `--soak` then runs 256 connections on pages and images mixed while a thread probes /-/health every
 second, and reports the probes' latency and every server process's memory before and after. Settings reach the
@@ -118,6 +119,8 @@ def rows_to_run(servers: dict[str, server_procs.Server], atlas: Path) -> dict[st
     """Each benchmark row's name -> (base URL, paths to rotate through)."""
     base = servers["atlascope"].url
     rows = {name: (base, paths) for name, paths in site_paths(base).items()}
+    # every request a new query string, as a cache-busting client sends: the page must not be built again for it
+    rows["unit HTML ?x=N"] = (base, [f"{path}?x={n}" for n, path in enumerate(rows["unit HTML"][1] * 8)])
     ids = unit_ids(atlas)
     rows["bare route"] = (servers["bare"].url, [f"/units/{i}" for i in ids])
     if "datasette" in servers:
