@@ -139,11 +139,12 @@ def test_workers_serve_503_interrupted_after_a_writer_died_mid_commit(atlas_copy
 
 # -- item 2: query strings that would bust the page cache -------------------------------------------------------
 
-# With a build per request (a cache entry each), 473 of 1,000 were answered in 40 s and the worker grew 34 MiB on the
-# 2-core machine under load; with the query cut to what the page reads, 1,000 took 15-25 s and it grew 0 MiB.
+# With a build per request (a cache entry each), the worker grew 34 MiB over 1,000 such requests on the 2-core
+# machine; with the query cut to what the page reads it grew 0 MiB. How fast they are answered is bench/serve_load.py's
+# "unit HTML ?x=N" row, beside the cached pages'.
 BUSTING_REQUESTS = 600
 BUSTING_CONNECTIONS = 64
-BUSTING_SECONDS = 45
+HANG_SECONDS = 120  # a request unanswered this long is a hang, not a slow answer
 
 
 def rss_mib(pid: int) -> float:
@@ -153,7 +154,7 @@ def rss_mib(pid: int) -> float:
 
 async def busting_load(url: str, path: str) -> tuple[list[int | str], set[str]]:
     """GET ``path?x=N`` for BUSTING_REQUESTS random N from BUSTING_CONNECTIONS clients, each sending its next request
-    when its last is answered, within BUSTING_SECONDS. (Not every request queued at once on one pool: httpx then
+    when its last is answered. (Not every request queued at once on one pool: httpx then
     spends its time scanning the queue, and the client, not the server, is what is measured.)"""
     import asyncio
     import random
@@ -162,7 +163,7 @@ async def busting_load(url: str, path: str) -> tuple[list[int | str], set[str]]:
     results: list[int | str] = []
     etags: set[str] = set()
     numbers = iter(random.Random(0).sample(range(10**9), BUSTING_REQUESTS))
-    async with httpx.AsyncClient(base_url=url, timeout=BUSTING_SECONDS, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_SECONDS, limits=limits) as client:
 
         async def connection() -> None:
             for n in numbers:
@@ -173,17 +174,13 @@ async def busting_load(url: str, path: str) -> tuple[list[int | str], set[str]]:
                 except httpx.HTTPError as exc:
                     results.append(type(exc).__name__)
 
-        try:
-            await asyncio.wait_for(asyncio.gather(*(connection() for _ in range(BUSTING_CONNECTIONS))),
-                                   BUSTING_SECONDS)
-        except TimeoutError:
-            pass
+        await asyncio.gather(*(connection() for _ in range(BUSTING_CONNECTIONS)))
     return results, etags
 
 
 def test_unknown_query_parameters_cost_no_build_and_no_memory(atlas_dir: Path, tmp_path: Path):
     """A thousand URLs of one page that differ only in parameters it does not read are answered from one cache
-    entry: all within the time a few builds take, and the worker's memory does not grow with them."""
+    entry (one ETag), and the worker's memory does not grow with them."""
     import asyncio
 
     page = "/models/tinyvision/conv2/0"  # the largest page of the test atlas (about 50 KB)
@@ -196,7 +193,7 @@ def test_unknown_query_parameters_cost_no_build_and_no_memory(atlas_dir: Path, t
         declared = server.get("/models/tinyvision/conv2.json?kind=neuron&x=1&kind=channel").json()
     finally:
         server.stop()
-    assert len(results) == BUSTING_REQUESTS, f"{len(results)} of {BUSTING_REQUESTS} answered in {BUSTING_SECONDS} s"
+    assert len(results) == BUSTING_REQUESTS, f"{len(results)} of {BUSTING_REQUESTS} answered"
     assert set(results) == {200}, {str(r) for r in results}
     assert len(etags) == 1, f"{len(etags)} different pages for one page"
     assert after - before < 16, f"the worker grew {after - before:.0f} MiB ({before:.0f} -> {after:.0f})"
