@@ -1,7 +1,7 @@
 """Task circuits of the sparse and the dense organism, as the ``circuits`` stage finds them, with their evidence; the
 dense/sparse edge ratio; and what a batched sweep costs against one setting alone.
 
-    .venv/bin/python bench/circuits.py [--tasks single_double_quote,...] [--steps 300] \
+    .venv/bin/python bench/circuits.py [--tasks single_double_quote,...] [--models tinylm-sparse] [--steps 300] \
         [--write-settings precompute/organisms/tinylm-circuits.json]
 
 For every task, each organism (``tinylm-sparse``, ``tinylm-dense``: matched held-out loss, committed weights loaded
@@ -87,6 +87,7 @@ def sweep_cost(prepared: Prepared, tokenizer, task, config: CircuitConfig) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--models", default=",".join(MODELS), help="organisms to prune (the ratio needs both)")
     parser.add_argument("--steps", type=int, default=PruneConfig.steps)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write-settings", type=Path, help="record each (organism, task)'s chosen setting in this "
@@ -98,18 +99,18 @@ def main() -> None:
     tokenizer, pretraining = load_tokenizer(), load_heldout().tokens
     config = CircuitConfig(prune=PruneConfig(steps=args.steps))
     target = config.prune.target_loss
-    models = {slug: tinylm.load(slug) for slug in MODELS}
+    models = {slug: tinylm.load(slug) for slug in args.models.split(",")}
     print(f"target task loss {target}; {args.steps} steps; sweep of {len(config.sweep)} (k_coef x lr): "
           + ", ".join(f"{s.k_coef:g}/{s.lr:g}" for s in config.sweep) + f"; {config.batch} contrastive pairs a step, "
           f"{config.prune_pairs} pruning pairs, {config.eval_pairs} held-out pairs; {args.threads} threads")
     prepared, nulls = {}, {}
     for slug, model in models.items():
-        started = time.perf_counter()
+        preparing = time.perf_counter()
         prepared[slug] = prepare(model, pretraining, config.mean_windows)
         nulls[slug] = prepare(shuffled(model, config.prune.seed), pretraining, config.mean_windows)
         print(f"{slug}: means over {prepared[slug].mean_tokens:,} tokens, for it and its weight-shuffled null: "
-              f"{time.perf_counter() - started:.0f}s")
-    ratios, chosen = [], {slug: {} for slug in MODELS}
+              f"{time.perf_counter() - preparing:.0f}s")
+    ratios, chosen = [], {slug: {} for slug in models}
     for name in args.tasks.split(","):
         found = {}
         for slug, model in models.items():
@@ -120,6 +121,8 @@ def main() -> None:
             chosen[slug][name] = {"k_coef": p.setting.k_coef, "lr": p.setting.lr, "steps": args.steps, "met": f.met,
                                   "k": f.n_nodes if f.met else None, "edges": len(f.edges) if f.met else None,
                                   "loss": round(f.loss, 5)}
+        if set(found) != set(MODELS):
+            continue
         sparse, dense = found["tinylm-sparse"], found["tinylm-dense"]
         if sparse.met and dense.met:
             ratio = len(dense.edges) / max(1, len(sparse.edges))
@@ -140,7 +143,7 @@ def main() -> None:
             recorded[slug] = {**recorded.get(slug, {}), **tasks}
         args.write_settings.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
         print(f"chosen settings recorded in {args.write_settings}")
-    if not args.no_cost:
+    if not args.no_cost and "tinylm-sparse" in prepared:
         first = TASKS[args.tasks.split(",")[0]]
         batched, alone = sweep_cost(prepared["tinylm-sparse"], tokenizer, first, config)
         print(f"sweep cost ({first.name}, tinylm-sparse, {args.steps} steps, training and k search): "

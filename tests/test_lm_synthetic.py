@@ -58,9 +58,9 @@ def prompts() -> list[str]:
 
 
 @functools.cache
-def _generated(tokens: int, seed: int) -> list[str]:
+def _generated(tokens: int, seed: int, kinds: tuple[str, ...]) -> list[str]:
     """The generated files of a card's record (the twins read the same ones: made once)."""
-    return synthetic.texts(load_tokenizer(), tokens, seed)
+    return synthetic.texts(load_tokenizer(), tokens, seed, kinds)
 
 
 def _inner_words(prompt: str) -> set[str]:
@@ -75,7 +75,7 @@ def test_no_task_prompt_occurs_in_the_generated_training_text(slug, prompts):
     training = json.loads(tinylm.card_path(slug).read_text())[CardKey.TRAINING]
     recorded = training["synthetic"]
     tokenizer = load_tokenizer()
-    files = _generated(recorded["tokens"], recorded["seed"])
+    files = _generated(recorded["tokens"], recorded["seed"], tuple(recorded.get("round", synthetic.ROUND)))
     assert sum(len(ids) for ids in tokenizer.encode_batch(files, add_special_tokens=False)) + len(files) \
         == recorded["tokens"]
     text = "\n".join(files)

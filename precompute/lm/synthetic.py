@@ -223,31 +223,41 @@ GENERATORS: dict[str, Callable[[random.Random], str]] = {
 ROUND = ("quotes", "lists", "accumulators", "lists", "accumulators")
 
 
-def files(seed: int) -> Iterator[str]:
-    """An endless seeded stream of generated files, the kinds in ``ROUND``'s proportions and order (seeds are
+def parse_round(text: str) -> tuple[str, ...]:
+    """A round from its comma-separated kinds (``"accumulators,lists,quotes"``), each a key of ``GENERATORS``."""
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    unknown = sorted(set(kinds) - set(GENERATORS))
+    if not kinds or unknown:
+        raise ValueError(f"a round lists generator kinds from {sorted(GENERATORS)}; got {text!r}")
+    return kinds
+
+
+def files(seed: int, kinds: tuple[str, ...] = ROUND) -> Iterator[str]:
+    """An endless seeded stream of generated files, the generators ``kinds`` in turn, round after round (seeds are
     ``synthetic/<seed>``: the tasks draw theirs from ``<task>/<split>/<seed>``)."""
     rng = random.Random(f"synthetic/{seed}")
     while True:
-        for kind in ROUND:
+        for kind in kinds:
             yield GENERATORS[kind](rng)
 
 
-def chunks(tokenizer: Tokenizer, seed: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """The stream ``files(seed)`` in chunks of ``CHUNK``: (texts, each text's ids followed by ``<|endoftext|>``, as
-    corpus documents are, uint16)."""
+def chunks(tokenizer: Tokenizer, seed: int,
+           kinds: tuple[str, ...] = ROUND) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """The stream ``files(seed, kinds)`` in chunks of ``CHUNK``: (texts, each text's ids followed by
+    ``<|endoftext|>``, as corpus documents are, uint16)."""
     eot = tokenizing.eot_id(tokenizer)
-    stream = files(seed)
+    stream = files(seed, kinds)
     while True:
         texts = [next(stream) for _ in range(CHUNK)]
         yield texts, [np.array([*e.ids, eot], dtype=np.uint16)
                       for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
-def tokens(tokenizer: Tokenizer, count: int, seed: int) -> np.ndarray:
+def tokens(tokenizer: Tokenizer, count: int, seed: int, kinds: tuple[str, ...] = ROUND) -> np.ndarray:
     """Whole chunks of the stream until at least ``count`` tokens: uint16 [n >= count], the generated text a training
     run reads (``train_tinylm`` records n on the card, so ``texts`` gives back the very files)."""
     pieces, total = [], 0
-    for _, ids in chunks(tokenizer, seed):
+    for _, ids in chunks(tokenizer, seed, kinds):
         pieces += ids
         total += sum(map(len, ids))
         if total >= count:
@@ -255,10 +265,10 @@ def tokens(tokenizer: Tokenizer, count: int, seed: int) -> np.ndarray:
     raise AssertionError("unreachable: the stream is endless")
 
 
-def texts(tokenizer: Tokenizer, count: int, seed: int) -> list[str]:
-    """The files behind ``tokens(tokenizer, count, seed)``."""
+def texts(tokenizer: Tokenizer, count: int, seed: int, kinds: tuple[str, ...] = ROUND) -> list[str]:
+    """The files behind ``tokens(tokenizer, count, seed, kinds)``."""
     out, total = [], 0
-    for chunk, ids in chunks(tokenizer, seed):
+    for chunk, ids in chunks(tokenizer, seed, kinds):
         out += chunk
         total += sum(map(len, ids))
         if total >= count:

@@ -86,6 +86,8 @@ def main(
     steps: int = typer.Option(3000, help="Optimizer steps (the dense twin may stop earlier)."),
     batch: int = typer.Option(32, help="Windows per step."),
     synthetic_share: float = typer.Option(0.25, help="Share of each batch's windows from generated Python."),
+    synthetic_round: str = typer.Option(",".join(synthetic.ROUND), "--round",
+                                        help="Generated file kinds in turn (precompute.lm.synthetic.GENERATORS)."),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
     target: float = typer.Option(1 / 16, help="Nonzero fraction of each weight matrix at the end (sparse only)."),
     stop_at_loss_of: Path | None = typer.Option(None, help="A model card: stop when the held-out loss reaches its."),
@@ -99,6 +101,10 @@ def main(
         raise typer.BadParameter("kind is sparse or dense")
     if precision not in ("float32", "bfloat16"):
         raise typer.BadParameter("precision is float32 or bfloat16")
+    try:
+        kinds = synthetic.parse_round(synthetic_round)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     config = architecture()
@@ -108,7 +114,7 @@ def main(
     train = corpus.train_tokens(found)
     synthetic_windows = round(batch * synthetic_share)
     tokenizer = tokenizing.load_tokenizer()
-    generated = synthetic.tokens(tokenizer, steps * synthetic_windows * config.block_size, seed)
+    generated = synthetic.tokens(tokenizer, steps * synthetic_windows * config.block_size, seed, kinds)
     sources = [(train, batch - synthetic_windows), (generated, synthetic_windows)]
     print(f"training mix per step: {batch - synthetic_windows} windows of {len(train):,} corpus tokens, "
           f"{synthetic_windows} of {len(generated):,} generated tokens", flush=True)
@@ -167,6 +173,7 @@ def main(
                 "precision": precision, "target": target if kind == "sparse" else None,
                 "corpus_sha256": found.hash, "corpus_files": len(found.split("train")),
                 "synthetic": {"share": synthetic_windows / batch, "tokens": len(generated), "seed": seed,
+                              "round": list(kinds),
                               "generator": "precompute.lm.synthetic (quotes, nested lists, accumulators)"},
                 "recipe": "AdamW (0.9, 0.95), wd 0.01 on matrices; gradients rescaled to RMS 1; warm-up 2% then "
                           "cosine to 10%" + ("; top-k |w| per matrix after every step (>= 4 per row), kept fraction "
