@@ -92,8 +92,8 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def rss(pid: int) -> dict[int, tuple[str, int]]:
-    """VmRSS in KiB of a process and all its descendants (a server's workers), by pid, with each one's name."""
+def family(pid: int) -> list[int]:
+    """A process and all its descendants (a server's workers)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -101,12 +101,30 @@ def rss(pid: int) -> dict[int, tuple[str, int]]:
         except OSError:
             continue  # exited while we looked
         parents[int(stat.parent.name)] = int(fields[1])
-    family, frontier = [pid], [pid]
+    members, frontier = [pid], [pid]
     while frontier:
         frontier = [child for child, parent in parents.items() if parent in frontier]
-        family += frontier
+        members += frontier
+    return members
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a process and its descendants have used so far: what serving cost, however many
+    other processes share the cores."""
+    total = 0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss(pid: int) -> dict[int, tuple[str, int]]:
+    """VmRSS in KiB of a process and all its descendants (a server's workers), by pid, with each one's name."""
     found = {}
-    for member in family:
+    for member in family(pid):
         try:
             status = Path(f"/proc/{member}/status").read_text()
         except OSError:

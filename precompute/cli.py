@@ -10,23 +10,43 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from precompute.lm.openai_checkpoint import CheckpointError
 from precompute.plan import PlanError, parse_units, select
-from precompute.registry import DEFAULT_MODEL, REGISTRY, WeightsError, get_model
-from store.keys import ModelKind
+from precompute.registry import DEFAULT_MODEL, OPENAI_CSP, REGISTRY, WeightsError, get_model
+from store.keys import CardKey, ModelKind
 
+# Help is printed as written (rich_markup_mode=None): rich markup would take "[input]" in a help text for a tag
 app = typer.Typer(help="Build and serve an atlas of what the units of neural networks compute.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None)
 err = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
+PIPED_WIDTH = 10_000  # a table printed to a pipe or a file: as wide as its widest row, which is far less
 FEATVIS = {"steps": 512, "batch_size": 32}  # `precompute`'s feature visualisation defaults
+
+
+def names_table(name: str, *headers: str, title: str | None = None) -> Table:
+    """A listing whose first column is names (slugs, modules, tasks), which are never wrapped or cut: the other
+    columns wrap first."""
+    return Table(Column(name, no_wrap=True), *headers, title=title)
+
+
+def print_table(table: Table) -> None:
+    """Print a listing whole, its text as written (without rich markup, which would take "[c, h, w]" for a tag). In a
+    terminal the table fits its width; piped it is as wide as its rows, so no name is cut and each row is one line
+    (rich would otherwise fit it to 80 columns, cutting names short with "…")."""
+    console = Console(markup=False)
+    if not sys.stdout.isatty():
+        console.width = PIPED_WIDTH
+    console.print(table)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -57,10 +77,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
         return
-    table = Table("slug", "kind", "layers", "units", "weights")
+    table = names_table("slug", "kind", "layers", "units", "weights")
     for s in summaries:
         table.add_row(s["slug"], s["kind"], ", ".join(l["name"] for l in s["layers"]), str(s["units"]), s["source"])
-    Console().print(table)
+    print_table(table)
 
 
 @app.command("layers")
@@ -87,12 +107,12 @@ def list_layers(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("module", "type", "kind", "output [c, h, w]", "units", "default",
-                  title=f"{model} at {preprocess.size} px: {len(rows)} candidate layers")
+    table = names_table("module", "type", "kind", "output [c, h, w]", "units", "default",
+                        title=f"{model} at {preprocess.size} px: {len(rows)} candidate layers")
     for row in rows:
         table.add_row(row["module"], row["type"], row["kind"], "x".join(map(str, row["shape"])), str(row["units"]),
                       "*" if row["default"] else "")
-    Console().print(table)
+    print_table(table)
 
 
 @app.command()
@@ -102,9 +122,11 @@ def tasks(
     python: list[str] = typer.Option([], "--python", help="A task of yours in Python, package.module:NAME (a Task or "
                                                            "a function returning one), checked and listed (repeatable)."),
     model: Optional[str] = typer.Option(None, "--model", help="A language model whose circuits your tasks are for "
-                                                               "(tinylm-sparse, tinylm-dense): check them against "
-                                                               "its tokenizer, and that they have the pairs a "
-                                                               "circuit run draws."),
+                                                               "(tinylm-sparse, tinylm-dense, openai-csp): check "
+                                                               "them against its tokenizer, and that they have the "
+                                                               "pairs a circuit run draws."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="--model openai-csp: the released model's "
+                                                                    "directory, whose tokenizer is checked against."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the binary next-token tasks language models are scored and pruned on, with an example prompt each."""
@@ -113,7 +135,11 @@ def tasks(
     found = dict(TASKS)
     mine = _user_tasks(jsonl, python)
     if model is not None:
-        _check_tasks(mine, model)
+        try:
+            spec = get_model(model, weights)
+        except (KeyError, CheckpointError) as exc:
+            raise fail(exc.args[0]) from None
+        _check_tasks(mine, spec)
     for task in mine:
         found[task.name] = task
     listed = [{"name": task.name, "candidates": list(task.candidates), "description": task.description,
@@ -122,11 +148,11 @@ def tasks(
     if as_json:
         typer.echo(json.dumps(listed, indent=2))
         return
-    table = Table("task", "candidates", "description", "example prompt (its end)")
+    table = names_table("task", "candidates", "description", "example prompt (its end)")
     for t in listed:
         table.add_row(t["name"], " vs ".join(repr(c) for c in t["candidates"]), t["description"],
                       repr(t["example"]["prompt"][-48:]))
-    Console().print(table)
+    print_table(table)
 
 
 def _user_tasks(files: list[Path], targets: list[str]) -> list:
@@ -147,24 +173,23 @@ def _user_tasks(files: list[Path], targets: list[str]) -> list:
     return found
 
 
-CIRCUIT_LOADER = "precompute.loaders:load_tinylm"  # the models circuits are found for: the embedded organisms
-
-
-def _check_tasks(tasks: list, slug: str, config=None) -> None:
-    """Exit code 2 unless each task can be pruned for model ``slug`` with ``config`` (a CircuitConfig; None: the
-    defaults, where torch is installed to read them, else only the candidates are checked): its candidates single
-    tokens of the model's tokenizer, its splits as large as the run draws."""
-    from precompute.lm.task_check import check_candidates, check_splits
-    from precompute.lm.tokenizer import load_tokenizer
-
+def _tokenizer(spec):
+    """The language model's own tokenizer; exit code 2 when the model reads no text or its files cannot be read."""
+    if spec.tokenizer is None:
+        raise fail(f"--model {spec.slug}: tasks are for language models; {spec.slug} reads no text")
     try:
-        spec = get_model(slug)
-    except KeyError as exc:
-        raise fail(exc.args[0]) from None
-    if spec.loader != CIRCUIT_LOADER:
-        circuit_models = ", ".join(s for s, entry in REGISTRY.items() if entry.loader == CIRCUIT_LOADER)
-        raise fail(f"--model {slug}: circuits are found for the embedded language organisms ({circuit_models}), "
-                   f"whose tokenizer the tasks are checked against")
+        return spec.load_tokenizer()
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+
+
+def _check_tasks(tasks: list, spec, config=None) -> None:
+    """Exit code 2 unless each task can be pruned for the model ``spec`` with ``config`` (a CircuitConfig; None: the
+    defaults, where torch is installed to read them, else only the candidates are checked): its candidates single
+    tokens of the model's own tokenizer (``precompute.lm.task_check.candidate_ids``), its splits as large as the run
+    draws."""
+    from precompute.lm.task_check import candidate_ids, check_splits
+
     if config is None:
         try:
             from precompute.lm.circuits import CircuitConfig
@@ -172,14 +197,31 @@ def _check_tasks(tasks: list, slug: str, config=None) -> None:
             pass
         else:
             config = CircuitConfig()
-    tokenizer = load_tokenizer()
+    tokenizer = _tokenizer(spec)
     for task in tasks:
         try:
-            check_candidates(task, tokenizer)
+            candidate_ids(task, tokenizer)
             if config is not None:
                 check_splits(task, config.prune_pairs, config.eval_pairs, config.prune.seed)
         except ValueError as exc:
-            raise fail(f"{exc} (model {slug})") from None
+            raise fail(f"{exc} (model {spec.slug})") from None
+
+
+def _readable_tasks(spec) -> tuple | None:
+    """The registered tasks whose candidates the model's tokenizer reads as single tokens, when no task was named:
+    None (every one) when all are, else those, with a note naming the others and why."""
+    from precompute.lm.task_check import candidate_ids
+    from precompute.lm.tasks import TASKS
+
+    tokenizer = _tokenizer(spec)
+    readable = []
+    for task in TASKS.values():
+        try:
+            candidate_ids(task, tokenizer)
+            readable.append(task)
+        except ValueError as exc:
+            err.print(f"note: no circuit for {task.name}: {exc}", markup=False)
+    return None if len(readable) == len(TASKS) else tuple(readable)
 
 
 def _chosen_tasks(names: str | None, files: list[Path]) -> tuple | None:
@@ -253,13 +295,15 @@ def precompute(
                                                              "[input], layers)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="An organism's weights file (or its folder); "
                                                                     "--model: your checkpoint; openai-csp: the "
-                                                                    "released model's directory."),
+                                                                    "released model's directory, or the download "
+                                                                    "of openai/circuit-sparsity holding it."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Organisms and --model: seeded random "
                                                                         "weights, labelled untrained everywhere."),
     layers: Optional[str] = typer.Option(None, help="Comma-separated layer names (default: all)."),
     units: Optional[str] = typer.Option(None, help="Vision: units of each layer, e.g. 0-15,20 (default: all)."),
     tokens: Optional[int] = typer.Option(None, help="Language: held-out tokens to read, from the start (default: "
-                                                    "the whole sample), in whole 128-token contexts."),
+                                                    "the whole sample), in whole 128-token contexts; circuits' "
+                                                    "ablation means are taken over them too."),
     steps: int = typer.Option(FEATVIS["steps"], min=1, help="Vision: optimisation steps per image."),
     size: Optional[int] = typer.Option(None, min=8, help="Vision: image side in pixels (default: the model's input "
                                                           "size)."),
@@ -329,10 +373,6 @@ def precompute(
     chosen_tasks = _chosen_tasks(tasks, task_file) if language else None
     if language and layers and chosen_tasks is None:
         chosen_tasks = ()  # a circuit spans every layer: a run of some layers finds circuits only when --tasks asks
-    if language and spec.weights is not None and chosen_tasks != ():
-        err.print("note: circuits of a released checkpoint are not found yet (the tasks are written for the "
-                  "organisms' tokenizer, not tinypython_2k); its units are measured")
-        chosen_tasks = ()
     if language and (steps, size, lr, batch_size, precision) != (FEATVIS["steps"], None, None, FEATVIS["batch_size"],
                                                                 "float32"):
         err.print("note: --steps, --size, --lr, --batch-size and --precision set feature visualisations; a language "
@@ -343,7 +383,10 @@ def precompute(
     if language:
         from precompute.stages.contexts import CONTEXT, ContextsConfig
 
-        available = len(spec.dataset_sample().tokens) if tokens is not None else 0
+        try:
+            available = len(spec.dataset_sample().tokens) if tokens is not None else 0
+        except WeightsError as exc:  # a released model's tokenizer files that cannot be read
+            raise fail(str(exc)) from None
         if tokens is not None and not CONTEXT <= tokens <= available:
             raise fail(f"--tokens {tokens}: choose from {CONTEXT} (one context) to {available:,} (the whole "
                        f"held-out sample)")
@@ -352,9 +395,14 @@ def precompute(
 
         given = {"steps": prune_steps, "k_coef": k_coef, "target_loss": target_loss}
         prune = PruneConfig(seed=seed, **{key: value for key, value in given.items() if value is not None})
-        circuits = CircuitConfig(prune=prune)
+        # the ablation means are over the held-out text the run reads: all of it, or the first --tokens (in windows of
+        # the model's context)
+        block_size = spec.card()[CardKey.ARCHITECTURE]["block_size"]
+        circuits = CircuitConfig(prune=prune, mean_windows=None if tokens is None else max(1, tokens // block_size))
+        if chosen_tasks is None:
+            chosen_tasks = _readable_tasks(spec)
         if chosen_tasks:  # each task can be pruned, or the run stops here, before writing anything
-            _check_tasks(list(chosen_tasks), spec.slug, circuits)
+            _check_tasks(list(chosen_tasks), spec, circuits)
         request = job.Request(spec, atlas, selection, contexts=ContextsConfig(tokens=tokens, seed=seed),
                               circuits=circuits, tasks=chosen_tasks, device=_device(device),
                               force=force, wait=not no_wait)
@@ -408,6 +456,11 @@ def _chosen_model(slug: str | None, target: str | None, card: Path | None, weigh
             except UserModelError as exc:
                 raise fail(str(exc)) from None
         spec = get_model(slug, weights)
+        if slug == OPENAI_CSP.slug:  # a released checkpoint: its card (sparsity, sha256s) is measured from its files
+            _require_torch()
+            from precompute.lm.openai_checkpoint import card
+
+            return replace(spec, card_data=card(spec.weights))
         if spec.weights_source is not None:
             _require_torch()
             from precompute.weights import resolved

@@ -1,6 +1,6 @@
 """The precompute job: write a model's layers and units into an atlas, then run its stages (``precompute.stages``):
 for a vision model dataset statistics, dataset examples, weights, layer views and feature visualisations, for a
-language model token contexts, weights and task circuits.
+language model token contexts, weights and task circuits; last, for either, the search index.
 
 Resumable by construction. Every stage plans from what the atlas lacks, under the writer lock, before anything is
 written; each item of its work (a render batch, a layer) is committed in one transaction with the run's progress,
@@ -32,6 +32,7 @@ from precompute.stages.examples import ExamplesConfig, ExamplesStage
 from precompute.stages.featvis import FeatvisStage
 from precompute.stages.kernels import KernelsStage
 from precompute.stages.layer_views import Input, LayerViewsStage
+from precompute.stages.search import SearchStage
 from precompute.stages.stats import StatsStage
 from precompute.stages.weights import WeightsStage
 from render.featvis import RenderConfig
@@ -78,16 +79,17 @@ class Request:
 
 
 def stages(request: Request, job: Job) -> list[Stage]:
-    """A model kind's stages, in the order they run."""
+    """A model kind's stages, in the order they run: the search index last, as it indexes what the others wrote."""
     layers = [layer for layer, _ in request.selection]
     if request.spec.kind == ModelKind.LANGUAGE:
         blocks = 1 + max(int(layer.name.partition(".")[0]) for layer in request.spec.layers)  # names: {block}.{kind}
         tasks = list(request.tasks if request.tasks is not None else TASKS.values())
         return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks),
-                CircuitsStage(job, tasks, request.circuits)]
+                CircuitsStage(job, tasks, request.circuits), SearchStage(job, layers)]
     return [StatsStage(job, layers, request.images()), ExamplesStage(job, layers, request.images(), request.examples),
             KernelsStage(job, layers), LayerViewsStage(job, layers, request.caricatures, request.views),
-            FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size)]
+            FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size),
+            SearchStage(job, layers)]
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Progress:
     are over all its stages, in what they count: images for a vision model, units for a language model."""
 
     stage: str  # the stage at work ("stats", "examples", "weights", "layer views", "render"; "contexts", "weights",
-    # "circuits"), then "done"
+    # "circuits"; then "search index" for either), then "done"
     planned: int  # counted things the request asks for
     kept: int  # of them already in the atlas, intact
     todo: int  # of them to make: planned - kept

@@ -69,6 +69,7 @@ def _tinylm(variant: str, description: str) -> ModelSpec:
         layers=layers,
         loader="precompute.loaders:load_tinylm",
         dataset="precompute.lm.corpus:load_heldout",
+        tokenizer="precompute.lm.tokenizer:load_tokenizer",
         card_file=card_file if card_file.is_file() else None,
     )
 
@@ -92,15 +93,18 @@ OPENAI_CSP = ModelSpec(
     layers=(),
     loader="precompute.loaders:load_openai_csp",
     dataset="precompute.loaders:openai_csp_sample",
+    tokenizer="precompute.lm.openai_checkpoint:load_tokenizer",
 )
 
 
 def openai_csp(weights: Path) -> ModelSpec:
-    """A released OpenAI model from its directory, checked (config, weights and tokenizer files, before anything is
-    written) and sized from its config without torch. The slug is ``openai-<directory name>`` (``openai-csp_yolo1``),
-    so several released models can share one atlas."""
-    from precompute.lm.openai_checkpoint import read_released, tokenizer_files
+    """A released OpenAI model from its directory (or the downloaded release holding it: ``model_directory``),
+    checked (config, weights and tokenizer files, before anything is written) and sized from its config without
+    torch. The slug is ``openai-<directory name>`` (``openai-csp_yolo1``), so several released models can share one
+    atlas."""
+    from precompute.lm.openai_checkpoint import model_directory, read_released, tokenizer_files
 
+    weights = model_directory(weights)
     released = read_released(weights)
     tokenizer_files(weights, released.tokenizer_name)
     c = released.values
@@ -115,6 +119,7 @@ def openai_csp(weights: Path) -> ModelSpec:
         layers=language_layers(c["n_layer"], c["d_model"], c["d_mlp"], c["n_head"] * c["d_head"]),
         loader=OPENAI_CSP.loader,
         dataset=OPENAI_CSP.dataset,
+        tokenizer=OPENAI_CSP.tokenizer,
         weights=weights.resolve(),
     )
 

@@ -84,6 +84,9 @@ class ModelSpec:
     # "module:function" returning a sample of inputs for activation statistics; None: a vision model's statistics
     # come from the dataset its examples are ranked on
     dataset: str | None = None
+    # language: "module:function" returning the ``tokenizers.Tokenizer`` the model reads text with (its tasks are
+    # encoded, and its tokens shown, with it); given ``weights`` when the model has them, as its tokenizer lives there
+    tokenizer: str | None = None
     card_file: Path | None = None
     weights: Path | None = None  # a user's weights file or directory (``--weights``), for loaders that take one
     preprocess: Preprocess | None = None  # vision: how dataset images become inputs
@@ -122,6 +125,12 @@ class ModelSpec:
         if self.dataset is None:
             return None
         return _resolve(self.dataset)(*([self] if self.weights else []))
+
+    def load_tokenizer(self):
+        """The language model's tokenizer (``tokenizer``); the loader may raise its own error for missing files."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.slug} reads no text: it has no tokenizer")
+        return _resolve(self.tokenizer)(*([self.weights] if self.weights else []))
 
     def default_examples(self):
         """The built-in dataset the model's units are ranked on without --dataset."""

@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -97,6 +99,18 @@ def openapi_without_422(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+SWAGGER_UI = "/static/vendor/swagger-ui"  # Swagger UI's files, as npm ships them (static/vendor/README.md)
+
+
+def swagger_ui(app: FastAPI) -> HTMLResponse:
+    """``/docs``: Swagger UI from our own static files rather than FastAPI's default CDN, so the API's documentation
+    works offline, as every other page does."""
+    return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                               swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+                               swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png")
+
+
 def create_app(atlas_dir: Path | None = None) -> FastAPI:
     """Open the atlas and build the app that serves it: ``store.AtlasError`` if there is none, or it is someone else's
     database or an atlas of another format version. A busy, interrupted or damaged index is served (``IndexCheck``)."""
@@ -112,8 +126,9 @@ def create_app(atlas_dir: Path | None = None) -> FastAPI:
         app.state.health_executor.shutdown(wait=False, cancel_futures=True)
         watch.close()
 
+    # FastAPI's own /docs and /redoc load their scripts from CDNs: /docs is served from static files instead
     app = FastAPI(title="atlascope", summary="An atlas of what the units of neural networks compute.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.atlas = atlas
     app.state.watch = watch
@@ -123,6 +138,7 @@ def create_app(atlas_dir: Path | None = None) -> FastAPI:
     app.state.health_executor = ThreadPoolExecutor(1, thread_name_prefix="atlascope-health")
     app.mount("/static", StaticFiles(directory=package_dir("static")), name="static")
     app.include_router(router)
+    app.add_api_route("/docs", lambda: swagger_ui(app), include_in_schema=False)
     errors.install(app)
     app.openapi = lambda: openapi_without_422(app)
     app.add_middleware(PageCache, watch=watch, max_bytes=settings.cache_mb * 2**20,

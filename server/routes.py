@@ -12,7 +12,8 @@ in a model with a layer named ``circuits``, is that layer's unit, so no unit URL
 plain strings parsed by the pages, so a bad unit or page is a 404 that says what is wrong, never a 422; so are the
 query parameters, whose values the schema lists (a ``?thumbnail=`` that is neither of its two is a 400: it names no
 thing that could be missing). A layer page's ``?unit=N`` (its jump box, a plain form) answers 303 with the unit's
-page. A layer or unit URL whose layer is OpenAI Microscope's name for one of ours (``mixed4c_0``) answers 301 with
+page, and so does a search (``/search?q=``) naming exactly one unit (its twin names the unit in ``jump``). A layer or
+unit URL whose layer is OpenAI Microscope's name for one of ours (``mixed4c_0``) answers 301 with
 ours, unless the model has a layer of that very name (``server.microscope``). HEAD is answered for every route by
 ``server.cache``.
 """
@@ -36,11 +37,12 @@ from server.pages.common import echo, unit_number
 from server.pages.index import index_page
 from server.pages.layer import LANGUAGE_SORTS, ORDERS, jump_url, layer_page
 from server.pages.model import model_page
+from server.pages.search import MAX_QUERY, QUERY_PATTERN, search_jump, search_page
 from server.pages.tasks import task_page, tasks_page
 from server.pages.unit import unit_page
 from server.templating import render_page
 from server.twins import (
-    CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, TaskPage, TasksPage, Twin, UnitPage,
+    CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, SearchPage, TaskPage, TasksPage, Twin, UnitPage,
 )
 from server.urls import DEFAULT_KIND, DEFAULT_SORT, FEATVIS, THUMBNAILS, asset_url
 from store import FORMAT_VERSION
@@ -88,6 +90,18 @@ ThumbnailQuery = Query(FEATVIS, description="What a vision layer's grid shows fo
                        json_schema_extra={"enum": list(THUMBNAILS)})
 UnitQuery = Query(None, description="Jump to a unit: `?unit=5` answers 303 with the unit's page (from the `.json` "
                                     "route, its JSON twin); a unit that does not exist is a 404.")
+SEARCH_ERRORS = {400: "A `?q=` with nothing to search for (empty, or only spaces and control characters), or longer "
+                      f"than {MAX_QUERY} characters: the message says which.",
+                 404: "A `?page=` past the results: the message says how many pages there are.",
+                 503: ERROR_DESCRIPTIONS[503]}
+SearchQuery = Query(None, description=(
+    "What to find: a model, layer or unit by name (`tinylm-sparse 0.mlp.post_act 110`, `mixed4a 12`, "
+    "`tinylm-sparse/0.mlp.post_act`), a task, a token (one word, case ignored, punctuation included: `(`, ` return`"
+    "), or words in units' top contexts (a phrase). Without it, the page offers the search box."),
+    json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY, "pattern": QUERY_PATTERN})
+SearchPageQuery = Query("1", description="Page of the results, from 1.")
+SEARCH_JUMP = {303: {"description": "HTML only: the query names exactly one unit; its page, in `Location`.",
+                     "headers": {"Location": {"description": "The unit's URL.", "schema": {"type": "string"}}}}}
 JUMP = {303: {"description": "`?unit=N`: see the unit's page, in `Location`.",
               "headers": {"Location": {"description": "The unit's URL.", "schema": {"type": "string"}}}}}
 MOVED = {301: {"description": "The layer is named as OpenAI Microscope named it (`mixed4c_0`, "
@@ -154,6 +168,41 @@ async def task_json(request: Request, task: str) -> Response:
             summary="Every model's circuit for a task, side by side", responses={**NOT_MODIFIED, **ERRORS})
 async def task_html(request: Request, task: str) -> Response:
     return await twin_response(request, task_page, TaskPage, task, template="task.html")
+
+
+async def search_response(request: Request, q: str | None, page: str, template: str | None = None) -> Response:
+    """The search page; as HTML, a query naming exactly one unit answers 303 with the unit's page instead."""
+    if template is not None and q is not None:
+        atlas = request.app.state.atlas
+
+        def work() -> str | None:
+            with atlas.sessions() as session:
+                return search_jump(session, q)
+
+        target = await in_executor(request, work)
+        if target is not None:
+            return RedirectResponse(target, status_code=303)
+    settings = request.app.state.settings
+    return await twin_response(request, search_page, SearchPage, q, page, settings.search_per_page, settings.atlas,
+                               template=template)
+
+
+SEARCH_SUMMARY = "Search models, layers, units, tasks, tokens and context text"
+
+
+@router.get("/search.json", tags=["json"], summary=SEARCH_SUMMARY, response_model=SearchPage,
+            responses={**NOT_MODIFIED, **json_errors(SEARCH_ERRORS)})
+async def search_json(request: Request, q: str | None = SearchQuery, page: str = SearchPageQuery) -> Response:
+    """Results in the order of `server/pages/search.py`: what the query names, then names holding it, then units
+    from the search index (token hits, then context hits), 20 a page (`ATLASCOPE_SEARCH_PER_PAGE`). `jump` is the unit a
+    query names alone."""
+    return await search_response(request, q, page)
+
+
+@router.get("/search", response_class=HTMLResponse, tags=["html"], summary=SEARCH_SUMMARY,
+            responses={**SEARCH_JUMP, **NOT_MODIFIED, **html_errors(SEARCH_ERRORS)})
+async def search_html(request: Request, q: str | None = SearchQuery, page: str = SearchPageQuery) -> Response:
+    return await search_response(request, q, page, template="search.html")
 
 
 @router.get("/models/{model}.json", tags=["json"], summary="A model card and its layers", response_model=ModelPage,

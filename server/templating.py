@@ -7,6 +7,9 @@ import spec: the same lookup, editable or installed.
 
 import importlib.util
 import math
+import re
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
 from store.keys import CardKey, EdgeKind, ExampleKind, ModelKind
+from store.tokens import BYTE
 
 
 def package_dir(name: str) -> Path:
@@ -43,18 +47,61 @@ def duration(seconds: Any) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-VISIBLE = str.maketrans({" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"})
+WHITESPACE_MARKS = str.maketrans({" ": "␣", "\n": "⏎", "\t": "→", "\r": "␍"})
+# Characters that show nothing, or nothing a reader can tell apart: controls, format characters (zero-width space,
+# bidi overrides), surrogates, private use, unassigned, separators and spaces other than " "
+INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+# A token text's parts: a byte (``store.tokens``), a run of whitespace, a run of anything else
+TOKEN_PARTS = re.compile(f"({BYTE.pattern})|([ \n\t\r]+)|([^ \n\t\r<]+|<)")
 
 
-def visible(token: str) -> str:
-    """A token alone, with its whitespace made visible: ' return' -> '·return', '\\n' -> '⏎'."""
-    return token.translate(VISIBLE)
+def _by_number(char: str) -> str:
+    """An invisible character by its code point: '\\x13' -> '<0x13>' (an ASCII control is one byte, written as
+    ``store.tokens`` writes bytes), '\\u200b' -> '<U+200B>'."""
+    return f"<0x{ord(char):02X}>" if char.isascii() else f"<U+{ord(char):04X}>"
+
+
+def _marked(kind: str, text: str) -> str:
+    return f'<span class="{kind}">{escape(text)}</span>'
+
+
+def _token_html(token: str, whitespace: Callable[[str], str]) -> Markup:
+    """A token's text as HTML: its text escaped, each byte and invisible character by number in a ``byte`` span, and
+    its runs of whitespace as ``whitespace`` shows them."""
+    html = []
+    for byte, space, run in TOKEN_PARTS.findall(token):
+        if byte:
+            html.append(_marked("byte", byte))
+        elif space:
+            html.append(whitespace(space))
+        elif run.isascii() and run.isprintable():
+            html.append(escape(run))
+        else:
+            html += (_marked("byte", _by_number(c)) if unicodedata.category(c) in INVISIBLE else escape(c) for c in run)
+    return Markup("".join(html))
+
+
+def _whitespace_marks(space: str) -> str:
+    return _marked("ws", space.translate(WHITESPACE_MARKS))
+
+
+def _whitespace_in_code(space: str) -> str:
+    """Spaces and tabs as they are; a newline after an empty ``nl`` marker that CSS draws as ⏎ (not text, so copying
+    gives the source); a carriage return marked (HTML would read it as a line break)."""
+    return "".join('<i class="nl"></i>\n' if c == "\n" else _whitespace_marks(c) if c == "\r" else c for c in space)
+
+
+def visible(token: str) -> Markup:
+    """A token alone (a chip, a table cell), so that no token is blank and none looks like another: its whitespace as
+    marks (' return' -> '␣return', '\\n' -> '⏎', '\\t' -> '→'), its bytes and invisible characters by number
+    (<0xBC>, <0x13>, <U+200B>), each mark in a span that CSS sets apart from the token's own text."""
+    return _token_html(token, _whitespace_marks)
 
 
 def source_text(token: str) -> Markup:
-    """A token inside a block of code: its text as is, with an empty ``nl`` marker before each newline, which CSS
-    draws as ⏎ so a newline token can be seen (and shaded); the marker is not text, so copying gives the source."""
-    return Markup('<i class="nl"></i>\n').join(escape(line) for line in token.split("\n"))
+    """A token inside a block of code: its text as is, a newline marked for the eye (``_whitespace_in_code``), its
+    bytes and invisible characters by number as ``visible`` shows them."""
+    return _token_html(token, _whitespace_in_code)
 
 
 templates = Jinja2Templates(directory=package_dir("templates"))

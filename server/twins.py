@@ -323,7 +323,8 @@ class Activation(Twin):
 
 
 class TokenEffect(Twin):
-    token: str = Field(description="The token's text.")
+    token: str = Field(description="The token's text: its bytes, each byte that is not part of a whole character "
+                                   "written <0xNN>.")
     id: int = Field(description="Its id in the model's vocabulary.")
     value: float = Field(description="The logit change per unit of activation.")
 
@@ -340,7 +341,9 @@ class Context(Twin):
 
     rank: int = Field(description="From 0: top contexts by activation, highest first; random ones in sample order.")
     activation: float = Field(description="The activation at the marked token.")
-    tokens: list[str] = Field(description="Each token's text; joined they give the source text.")
+    tokens: list[str] = Field(description="Each token's text (a byte that is not part of a whole character in its "
+                                          "token written <0xNN>); joined they give the source text, but for "
+                                          "characters split across tokens.")
     values: list[float] = Field(description="The unit's activation at each token.")
     position: int = Field(description="Index in `tokens` of the marked token.")
     document: str | None = Field(description="The held-out file the window comes from.")
@@ -732,6 +735,94 @@ class TaskEntry(Linked):
 
 class TasksPage(Linked):
     tasks: list[TaskEntry] = Field(description="Every task some model has a circuit for, by name.")
+
+
+class ModelHit(Linked):
+    """A model the query names (its slug), or whose slug or title holds the query."""
+
+    kind: Literal["model"]
+    model: ModelRef
+
+
+class LayerHit(Linked):
+    """A layer the query names (`MODEL LAYER`, or a layer name), or whose name holds the query."""
+
+    kind: Literal["layer"]
+    model: ModelRef
+    layer: LayerRef
+
+
+class TaskCircuitLink(Linked):
+    """A model's circuit for the task."""
+
+    model: ModelRef
+
+
+class TaskHit(Linked):
+    """A task some model has a circuit for, whose name holds the query (spaces read as `_`): its comparison page."""
+
+    kind: Literal["task"]
+    slug: str
+    task: str
+    circuits: list[TaskCircuitLink] = Field(description="Each model's circuit for the task, by model title.")
+
+
+class Fragment(Twin):
+    text: str
+    match: bool = Field(description="Whether this is the query's match.")
+
+
+class UnitHit(Linked):
+    """A unit the query names (`MODEL LAYER N`, or `LAYER N`), or a language-model unit found in the search index:
+    one a single-word query names a token of (the token's text without surrounding whitespace, case folded), or
+    whose top contexts hold the query as a phrase."""
+
+    kind: Literal["unit"]
+    model: ModelRef
+    unit: UnitRef
+    peaks: int = Field(description="How many of its top contexts peak on the token the query names.")
+    promotes: bool = Field(description="Whether its logit effects promote that token.")
+    suppresses: bool = Field(description="Whether its logit effects suppress that token.")
+    snippet: list[Fragment] = Field(description="Where the query stands in its top contexts, whitespace shown as "
+                                                "single spaces; empty when its contexts do not hold it.")
+    top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
+
+
+Hit = Annotated[ModelHit | LayerHit | TaskHit | UnitHit, Field(discriminator="kind")]
+
+
+class ResultPages(Twin):
+    page: int
+    per_page: int
+    pages: int
+    total: int = Field(description="Results in all.")
+    prev: PageLink | None
+    next: PageLink | None
+
+
+class SearchIndex(Twin):
+    """Whether the atlas's search index (SQLite FTS5, built by the precompute job) covers its language models."""
+
+    complete: bool = Field(description="Whether every layer of every language model is indexed.")
+    missing: list[ModelRef] = Field(description="Language models with layers the index lacks: their units are found "
+                                                "by name only.")
+    message: str | None = Field(description="What is missing and the command that builds it; null when complete.")
+
+
+class SearchPage(Linked):
+    query: str | None = Field(description="The query as searched (`?q=`, whitespace collapsed); null without one.")
+    jump: UnitRef | None = Field(description="The unit the query names, when it names exactly one: the HTML page "
+                                             "answers 303 with it.")
+    ranked: bool = Field(description="Whether the context hits are ranked by relevance (bm25): words the top "
+                                     "contexts of more than `ranked_at_most` units hold are listed in atlas order "
+                                     "instead. Token hits are always ranked: most peaks first, then promoted, then "
+                                     "suppressed.")
+    ranked_at_most: int
+    results: list[Hit] = Field(description="Named things first (models, layers, units, then tasks, models and "
+                                           "layers whose names hold the query), then units from the search index: "
+                                           "token hits, then context hits.")
+    page: ResultPages
+    index: SearchIndex
 
 
 class ErrorDetail(Twin):

@@ -63,6 +63,12 @@ def task_url(task: str) -> str:
     return f"{tasks_url()}/{quote(task, safe='')}"
 
 
+def search_url(query: str | None = None, page: int = 1) -> str:
+    """The search page, with a query and a page of its results; page 1 is left out, so each page has one URL."""
+    params = {key: value for key, value in (("q", query), ("page", page if page > 1 else None)) if value is not None}
+    return "/search" + (f"?{urlencode(params)}" if params else "")
+
+
 def asset_url(sha256: str, media_type: str) -> str:
     """Blobs are addressed by hash; the extension only helps people who save the file."""
     return f"/assets/{sha256}{mimetypes.guess_extension(media_type) or ''}"

@@ -13,15 +13,28 @@
   });
 })();
 
+// A token alone, as plain text: what server/templating.py's `visible` shows, without its spans. Whitespace becomes
+// marks (␣ ⏎ → ␍) and invisible characters their number (<0x13>, <U+200B>); a byte that is not part of a whole
+// character is stored as <0xBC> already (store/tokens.py). For the context readout below and the circuit page's
+// briefs (static/circuit.js), as window.atlascope.visibleToken.
+window.atlascope = {
+  visibleToken: (function () {
+    const marks = { " ": "␣", "\n": "⏎", "\t": "→", "\r": "␍" };
+    const invisible = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/gu;  // as templating.INVISIBLE
+    const byNumber = (char) => {
+      const code = char.codePointAt(0);
+      return code < 0x80 ? "<0x" + code.toString(16).toUpperCase().padStart(2, "0") + ">"
+        : "<U+" + code.toString(16).toUpperCase().padStart(4, "0") + ">";
+    };
+    return (text) => text.replace(/[ \n\t\r]/g, (char) => marks[char]).replace(invisible, byNumber);
+  })(),
+};
+
 // Contexts on language-model unit pages: hovering a token writes it and its activation (its title) into the
 // context's readout, so the value shows at once and stays readable; without script the title still shows it.
-(function () {
-  const visible = (text) => text.replace(/ /g, "·").replace(/\n/g, "⏎").replace(/\t/g, "→");
-
-  document.addEventListener("mouseover", function (event) {
-    const token = event.target.closest && event.target.closest(".ctx .t");
-    if (!token) return;
-    const readout = token.closest(".ctx").querySelector(".readout");
-    if (readout) readout.textContent = visible(token.textContent) + " = " + token.title;
-  });
-})();
+document.addEventListener("mouseover", function (event) {
+  const token = event.target.closest && event.target.closest(".ctx .t");
+  if (!token) return;
+  const readout = token.closest(".ctx").querySelector(".readout");
+  if (readout) readout.textContent = window.atlascope.visibleToken(token.textContent) + " = " + token.title;
+});

@@ -6,8 +6,9 @@
 // red (negative), as wide as |weight| is strong; the residual stream is faint dashes. Hovering a node shows what its
 // unit does (#node-brief): its statistics from the page, and its first top contexts fetched from the unit's own JSON
 // twin (once per unit), so that the page of a circuit of thousands of nodes carries none; clicking it opens the
-// unit's page. The graph is window.circuitGraph, for the console and the browser tests.
-(function () {
+// unit's page. The graph is window.circuitGraph, for the console and the browser tests. It is built once the page's
+// deferred scripts have all run: tokens are shown by atlas.js's window.atlascope.visibleToken, which runs after this.
+document.addEventListener("DOMContentLoaded", function () {
   "use strict";
   const source = document.getElementById("circuit-data");
   const container = document.getElementById("circuit-graph");
@@ -15,7 +16,7 @@
   if (!source || !container || typeof cytoscape === "undefined") return;
 
   const data = JSON.parse(source.textContent);
-  const visible = (text) => text.replace(/ /g, "·").replace(/\n/g, "⏎").replace(/\t/g, "→");
+  const visible = window.atlascope.visibleToken;
   const nodeId = (layer, index) => layer + ":" + index;
   const logitId = (token) => "logit:" + token;
   const strongest = (links) => links.reduce((most, link) => Math.max(most, Math.abs(link.weight)), 0) || 1;
@@ -216,4 +217,4 @@
     briefBox.style.left = Math.max(4, left) + "px";
     briefBox.style.top = (at.y + 16) + "px";
   }
-})();
+});

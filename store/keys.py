@@ -70,7 +70,8 @@ class CropKey(StrEnum):
 class ContextKey(StrEnum):
     """Keys of a token window in ``examples.source``."""
 
-    TOKENS = "tokens"  # [str]: each token's text; joined they give the source text
+    TOKENS = "tokens"  # [str]: each token's text (``store.tokens``); joined they give the source text, but for
+    # characters split across tokens, which show as their bytes
     VALUES = "values"  # [float]: the unit's activation at each token
     POSITION = "position"  # index in the window of the token the example is about (the maximum, for top)
     DOCUMENT = "document"  # the held-out file the window comes from

@@ -10,6 +10,9 @@ Every unit has a row; a few are filled in full:
   and weights from three residual channels and to two. Its top context holds a newline, quotes, ``<``, non-ASCII
   text and a negative activation.
 - ``CHANNEL`` (a residual channel): contexts, logit effects, and more edges than a vision page would list (30 out).
+  Its top context (``ODD_TOKENS``) and the tokens it peaks on hold what a byte-level tokenizer's tokens can be: a
+  character split across tokens (each stored as its bytes, ``store.tokens``), control and invisible characters, and
+  whitespace-only tokens; so do the logit effects every unit shares.
 - ``QUERY`` (an attention query channel): contexts and statistics but no logit effects, as the job writes them.
 - the other units of ``NEURON``'s layer: density, max and top tokens in an order unlike their index, except
   ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires: an empty histogram).
@@ -69,6 +72,11 @@ KNOWN_PEAK = KNOWN_TOKENS.index(" <")
 KNOWN_NEGATIVE = KNOWN_TOKENS.index("else")
 KNOWN_DOCUMENT = "lib/clamp.py"
 TOP_MAX = 4.5
+# The channel's top context: "Ç" split across two tokens (its bytes, as the job stores them), a control character
+# (U+0013), a zero-width space, whitespace-only tokens; it peaks on the split character's first byte.
+ODD_TOKENS = ["x", " =", " '", "<0xC3>", "<0x87>", "'", " +", " '", "\x13", "\u200b", "'", "\n", "    ", "y"]
+ODD_PEAK = ODD_TOKENS.index("<0xC3>")
+ODD_TOP_TOKENS = [" x", "λ", "<0xC5>", "\x0f", "    "]
 
 CARD = {
     CardKey.ARCHITECTURE: {"n_layer": N_BLOCKS, "d_model": D_MODEL, "n_head": 2, "d_head": 4, "d_mlp": D_MLP,
@@ -90,13 +98,15 @@ HISTOGRAM = {"edges": [-0.25 + 0.5 * i for i in range(11)], "counts": [3, 40, 25
 LOGIT_EFFECTS = {
     "promoted": [{"token": " <", "id": 301, "value": 0.82}, {"token": "\n", "id": 3, "value": 0.51},
                  {"token": "λ", "id": 1999, "value": 0.2}],
-    "suppressed": [{"token": " ", "id": 4, "value": -0.61}, {"token": "\t", "id": 5, "value": -0.3}],
+    "suppressed": [{"token": " ", "id": 4, "value": -0.61}, {"token": "\t", "id": 5, "value": -0.3},
+                   {"token": "<0xBC>", "id": 121, "value": -0.2}, {"token": "\x13", "id": 208, "value": -0.1}],
 }
 
 
 DENSE_SLUG = "fixture-lm-dense"
+# its held-out loss ends in 0 at the third decimal: shown 2.350 beside the sparse model's 2.346, not 2.35
 DENSE_CARD = {**CARD, CardKey.SPARSITY: {"weights": "dense", "target": None, "nonzero_fraction": 1.0},
-              CardKey.HELDOUT: {**CARD[CardKey.HELDOUT], "loss": 2.3512},
+              CardKey.HELDOUT: {**CARD[CardKey.HELDOUT], "loss": 2.35},
               CardKey.WEIGHTS: {"file": "fixture-lm-dense.pt", "sha256": "fe" * 32}}
 
 # The circuits. Node layers by kind, in block 0 and 1
@@ -260,13 +270,20 @@ def known_window() -> dict:
             ContextKey.DOCUMENT: KNOWN_DOCUMENT, ContextKey.OFFSET: 1000}
 
 
-def examples(rng: random.Random, unit: Unit, n_top: int, n_random: int, known: bool = False) -> list[Example]:
-    """Top contexts ranked 0.. by falling activation (added in shuffled order, so pages must sort by rank) and
-    random ones."""
+def odd_window() -> dict:
+    values = [round(0.3 * i, 1) for i in range(len(ODD_TOKENS))]
+    values[ODD_PEAK] = TOP_MAX
+    return {ContextKey.TOKENS: ODD_TOKENS, ContextKey.VALUES: values, ContextKey.POSITION: ODD_PEAK,
+            ContextKey.DOCUMENT: "lib/odd.py", ContextKey.OFFSET: 2000}
+
+
+def examples(rng: random.Random, unit: Unit, n_top: int, n_random: int, first: dict | None = None) -> list[Example]:
+    """Top contexts ranked 0.. by falling activation (added in shuffled order, so pages must sort by rank), the
+    first one ``first`` if given, and random ones."""
     top = [(rank, TOP_MAX - 0.2 * rank) for rank in range(n_top)]
     rng.shuffle(top)
     rows = [Example(unit_id=unit.id, kind=ExampleKind.TOP, rank=rank, activation=peak,
-                    source=known_window() if known and rank == 0 else window(rng, peak, f"lib/m{rank}.py", 64 * rank))
+                    source=first if first and rank == 0 else window(rng, peak, f"lib/m{rank}.py", 64 * rank))
             for rank, peak in top]
     rows += [Example(unit_id=unit.id, kind=ExampleKind.RANDOM, rank=rank, activation=peak,
                      source=window(rng, peak, f"lib/r{rank}.py", 5000 + 64 * rank))
@@ -330,10 +347,10 @@ def build(root: Path) -> Path:
             if (f"0.{LayerKind.MLP}", index) != UNMEASURED:
                 units[f"0.{LayerKind.MLP}", index].stats = layer_stats(index)
         units[NEURON].stats = stats(0.12, TOP_MAX, [" <", "\n", "né"], effects=True)
-        units[CHANNEL].stats = stats(0.6, TOP_MAX, [" x", "λ"], effects=True)
+        units[CHANNEL].stats = stats(0.6, TOP_MAX, ODD_TOP_TOKENS, effects=True)
         units[QUERY].stats = stats(0.25, TOP_MAX, [":"], effects=False)
-        session.add_all(examples(rng, units[NEURON], 20, 5, known=True))
-        session.add_all(examples(rng, units[CHANNEL], 20, 5))
+        session.add_all(examples(rng, units[NEURON], 20, 5, first=known_window()))
+        session.add_all(examples(rng, units[CHANNEL], 20, 5, first=odd_window()))
         session.add_all(examples(rng, units[QUERY], 3, 2))
 
         def edge(src: tuple[str, int], dst: tuple[str, int], weight: float) -> Edge:

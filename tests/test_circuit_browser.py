@@ -70,8 +70,8 @@ def test_hovering_a_node_shows_its_brief_and_fetches_its_contexts(page, lm_serve
     brief.locator("li").nth(2).wait_for()  # the contexts, fetched from the unit's twin
     assert brief.locator("li").count() == 3 and brief.locator(".brief-loading").count() == 0
     first = brief.locator("li").first
-    assert first.locator("mark").inner_text() == KNOWN_TOKENS[KNOWN_PEAK].replace(" ", "·")
-    shown = "".join(KNOWN_TOKENS[KNOWN_PEAK - 8:KNOWN_PEAK + 4]).replace(" ", "·").replace("\n", "⏎")
+    assert first.locator("mark").inner_text() == KNOWN_TOKENS[KNOWN_PEAK].replace(" ", "␣")
+    shown = "".join(KNOWN_TOKENS[KNOWN_PEAK - 8:KNOWN_PEAK + 4]).replace(" ", "␣").replace("\n", "⏎")
     assert first.locator("code").inner_text() == shown  # 8 tokens before the peak, it, and 3 after
     page.mouse.move(2, 2)
     brief.wait_for(state="hidden")

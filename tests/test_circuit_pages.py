@@ -296,7 +296,7 @@ def test_comparison_page_pairs_dense_with_sparse_at_the_target(client: httpx.Cli
     assert rows[SLUG]["sizes"] == QUOTE_SIZES
     page = client.get(f"/circuits/{TASK}").text
     text = text_of(page)
-    assert "102.4×" in text and "9.6×" in text and "2.351 / 2.346" in text and "1,024 / 10" in text
+    assert "102.4×" in text and "9.6×" in text and "2.350 / 2.346" in text and "1,024 / 10" in text
     assert "≤ 0.15 " in text and "not the target</span>" not in page and "0.12 / 95.0%" in text
 
 

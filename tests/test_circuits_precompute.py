@@ -279,7 +279,8 @@ def load_random(spec: ModelSpec) -> SparseGPT:
 RANDOM = ModelSpec(slug="random-gpt", title="Random GPT", kind=ModelKind.LANGUAGE, description="a test model",
                    source="tests/test_circuits_precompute.py",
                    layers=language_layers(N_LAYER, D_MODEL, D_MLP, N_HEAD * D_HEAD),
-                   loader="tests.test_circuits_precompute:load_random", dataset="precompute.lm.corpus:load_heldout")
+                   loader="tests.test_circuits_precompute:load_random", dataset="precompute.lm.corpus:load_heldout",
+                   tokenizer="precompute.lm.tokenizer:load_tokenizer")
 
 
 @pytest.fixture(scope="module")

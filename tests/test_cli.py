@@ -123,3 +123,37 @@ def test_tasks_refuses_a_bad_task_file(tmp_path: Path):
     done = subprocess.run([*NO_TORCH, "tasks", "--jsonl", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: task file {bad}") and "Traceback" not in done.stderr
+
+
+def table_rows(printed: str) -> list[list[str]]:
+    """The cells of each body row of a table as `atlascope` prints it (rich's box: rows between │ bars)."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in printed.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.parametrize("command", ["layers", "precompute"])
+def test_help_keeps_text_in_square_brackets(command: str):
+    """Help is printed as written: read as rich markup, "its [input] size" lost "[input]" as a tag."""
+    done = subprocess.run([*NO_TORCH, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "[input]" in done.stdout
+
+
+@pytest.mark.parametrize("command, key", [("tasks", "name"), ("models", "slug")])
+def test_tables_piped_keep_every_name_whole(command: str, key: str):
+    """Piped (stdout is not a terminal), a listing is as wide as its rows: one line a row, and no name is cut to fit
+    80 columns ("single_double_qu…")."""
+    listed = subprocess.run([*NO_TORCH, command, "--json"], capture_output=True, text=True, timeout=60)
+    table = subprocess.run([*NO_TORCH, command], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert [row[0] for row in table_rows(table.stdout)] == [row[key] for row in json.loads(listed.stdout)]
+    assert "…" not in table.stdout
+
+
+def test_layers_table_piped_keeps_its_bracketed_header_and_modules():
+    """The layers table's header says what its shape column holds, "[c, h, w]" included, and every module is whole."""
+    layers = [sys.executable, "-m", "precompute.cli", "layers", "--model", "tests.user_model:small_cnn"]
+    listed = subprocess.run([*layers, "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    table = subprocess.run(layers, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    assert "output [c, h, w]" in table.stdout
+    assert [row[0] for row in table_rows(table.stdout)] == [row["module"] for row in json.loads(listed.stdout)]

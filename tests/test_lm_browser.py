@@ -1,14 +1,16 @@
 """Language-model pages in a real headless Chromium: a context's tokens are shaded and say their activation on hover,
-the layer table sorts by a column head, and the jump box goes to the unit."""
+script shows a token as the server does, the layer table sorts by a column head, and the jump box goes to the unit."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import httpx
 
+from server.templating import visible
 from tests.lm_fixture import (  # noqa: F401 (lm_atlas, lm_server: fixtures)
-    KNOWN_NEGATIVE, KNOWN_PEAK, NEURON, SLUG, lm_atlas, lm_server,
+    CHANNEL, KNOWN_NEGATIVE, KNOWN_PEAK, NEURON, ODD_TOKENS, SLUG, lm_atlas, lm_server,
 )
 
 RGBA = re.compile(r"rgba?\((\d+), (\d+), (\d+)(?:, ([0-9.]+))?\)")
@@ -36,9 +38,22 @@ def test_tokens_are_shaded_and_show_their_value_on_hover(page, lm_server: str):
 
     peak.hover()
     readout = page.locator("#top-contexts .ctx").first.locator(".readout")
-    assert readout.text_content() == "·< = 4.5" and peak.get_attribute("title") == "4.5"
+    assert readout.text_content() == "␣< = 4.5" and peak.get_attribute("title") == "4.5"
     negative.hover()
     assert readout.text_content() == f"else = {known['values'][KNOWN_NEGATIVE]:.4g}"
+
+
+def test_script_shows_a_token_as_the_server_does(page, lm_server: str):
+    """atlas.js's visibleToken (the context readout, the circuit page's briefs) gives the text of the server's
+    ``visible`` marks: whitespace as ␣ ⏎ →, bytes and invisible characters by number. The readout uses it."""
+    page.goto(f"{lm_server}/models/{SLUG}/{CHANNEL[0]}/{CHANNEL[1]}", wait_until="load")
+    in_script = page.evaluate("tokens => tokens.map(window.atlascope.visibleToken)", ODD_TOKENS)
+    assert in_script == [html.unescape(re.sub(r"<[^>]+>", "", visible(token))) for token in ODD_TOKENS]
+    assert "<0x13>" in in_script and "<U+200B>" in in_script and "␣␣␣␣" in in_script
+    context = page.locator("#top-contexts .ctx").first
+    control = context.locator(".t").nth(ODD_TOKENS.index("\x13"))
+    control.hover()
+    assert context.locator(".readout").text_content() == f"<0x13> = {control.get_attribute('title')}"
 
 
 def test_layer_table_sorts_and_jumps(page, lm_server: str):

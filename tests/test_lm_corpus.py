@@ -1,6 +1,7 @@
 """The LM corpus, its split, the tokenizer and the committed held-out sample (precompute.lm.corpus / .tokenizer)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ pytest.importorskip("tokenizers")
 
 from precompute.lm import corpus as lm_corpus  # noqa: E402
 from precompute.lm import tokenizer as lm_tokenizer  # noqa: E402
+from store.tokens import BYTE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +60,30 @@ def test_task_tokens_are_single_tokens(tok):
         assert len(tok.encode(piece).ids) == 1, piece
 
 
-def test_token_texts_join_to_the_text_across_split_characters(tok):
+def stored_bytes(text: str) -> bytes:
+    """A token's bytes back from its stored text: its characters in UTF-8, each ``<0xNN>`` the byte it names."""
+    return b"".join(bytes([int(part[3:5], 16)]) if BYTE.fullmatch(part) else part.encode()
+                    for part in re.split(f"({BYTE.pattern})", text))
+
+
+def test_token_texts_keep_every_byte_of_every_token(tok):
     text = "s = '日本 ✓ 🐍 é'\n"
     ids = tok.encode(text).ids
     pieces = [lm_tokenizer.token_bytes(tok, i) for i in ids]
     assert any(not _decodes(p) for p in pieces), "expected a character split across tokens"
     texts = lm_tokenizer.token_texts(tok, ids)
-    assert len(texts) == len(ids) and "".join(texts) == text == tok.decode(ids)
-    assert "" in texts and "🐍" in texts  # the emoji's bytes shown on the token that completes it
+    assert [stored_bytes(t) for t in texts] == pieces  # each token's own bytes: none lost, none moved to a neighbour
+    assert all(t and "\ufffd" not in t for t in texts)  # no token blank, none "�"
+    assert all(t == p.decode() for t, p in zip(texts, pieces) if _decodes(p))  # whole characters as text
+    plain = "def f(x):\n    return x + 1\n"
+    assert "".join(lm_tokenizer.token_texts(tok, tok.encode(plain).ids)) == plain
     eot = lm_tokenizer.eot_id(tok)
-    assert "".join(lm_tokenizer.token_texts(tok, [*ids, eot])) == text + lm_tokenizer.EOT
+    assert lm_tokenizer.token_texts(tok, [eot]) == [lm_tokenizer.EOT]
+    # single-byte tokens seen on a unit's page as "�" and missing-glyph boxes: a byte no character completes is
+    # written by number; a control character stays the character, for the pages to show by number
+    singles = [121, 130, 208, 204]
+    assert [lm_tokenizer.token_bytes(tok, i) for i in singles] == [b"\xbc", b"\xc5", b"\x13", b"\x0f"]
+    assert lm_tokenizer.token_texts(tok, singles) == ["<0xBC>", "<0xC5>", "\x13", "\x0f"]
 
 
 def _decodes(data: bytes) -> bool:

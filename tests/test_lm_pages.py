@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from store.keys import CardKey, LayerKind
 from tests.lm_fixture import (  # noqa: F401 (lm_atlas, lm_server: fixtures)
-    CARD, CHANNEL, D_MLP, DEAD, HISTOGRAM, KNOWN_DOCUMENT, KNOWN_NEGATIVE, KNOWN_PEAK, KNOWN_TOKENS, LOGIT_EFFECTS,
-    NEURON, QUERY, SLUG, TOP_MAX, UNMEASURED, layer_names, layer_stats, lm_atlas, lm_server,
+    CARD, CHANNEL, D_MLP, DEAD, DENSE_SLUG, HISTOGRAM, KNOWN_DOCUMENT, KNOWN_NEGATIVE, KNOWN_PEAK, KNOWN_TOKENS,
+    LOGIT_EFFECTS, NEURON, ODD_TOKENS, QUERY, SLUG, TOP_MAX, UNMEASURED, layer_names, layer_stats, lm_atlas, lm_server,
 )
 from tests.test_server import assert_twin
 
@@ -24,6 +24,7 @@ from tests.test_server import assert_twin
 TOKEN = re.compile(r'<span class="t(?P<minus> minus)?(?P<mark> mark)?"(?: style="--a:(?P<a>[0-9.]+)")? '
                    r'title="(?P<title>[^"]*)">(?P<text>.*?)</span>', re.S)
 NEWLINE_MARK = '<i class="nl"></i>'
+MARKS = str.maketrans({" ": "␣", "\n": "⏎", "\t": "→"})  # a token's whitespace, as pages mark it
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,11 @@ def section(page: str, element_id: str, end: str = "</section>") -> str:
     """The HTML of the element with that id, up to ``end``."""
     start = page.index(f'id="{element_id}"')
     return page[start:page.index(end, start)]
+
+
+def text_of(fragment: str) -> str:
+    """An HTML fragment's text, as a browser shows it."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
 
 
 def contexts_in(page: str, group: str) -> list[list[dict]]:
@@ -121,8 +127,8 @@ def test_neuron_page_shows_what_its_twin_says(client: httpx.Client):
     for side in ("promoted", "suppressed"):
         listed = re.findall(r'<code class="tok" title="token (\d+)">(.*?)</code>', effects.split(f'id="{side}"')[1]
                             .split("</table>")[0])
-        assert [(int(i), html.unescape(t)) for i, t in listed] == [
-            (e["id"], e["token"].replace(" ", "·").replace("\n", "⏎").replace("\t", "→")) for e in LOGIT_EFFECTS[side]]
+        assert [(int(i), text_of(t)) for i, t in listed] == [
+            (e["id"], e["token"].translate(MARKS).replace("\x13", "<0x13>")) for e in LOGIT_EFFECTS[side]]
 
 
 def test_tokens_are_escaped_and_newlines_kept(client: httpx.Client):
@@ -131,8 +137,56 @@ def test_tokens_are_escaped_and_newlines_kept(client: httpx.Client):
     assert 'title="4.5"> &lt;</span>' in top  # the peak token " <", escaped, outlined by its class
     assert '"> &#34;</span>' in top and '">né</span>' in top and '">λ</span>' in top  # quotes escaped, text kept
     assert '<i class="nl"></i>\n' in top  # the source's newline stays a newline, marked for the eye
-    assert "<code class=\"tok\" title=\"token 301\">·&lt;</code>" in page  # a logit-effect token, whitespace visible
+    assert '<code class="tok" title="token 301"><span class="ws">␣</span>&lt;</code>' in page  # whitespace marked
     assert " <" not in re.sub(r"<[a-z/!][^>]*>", "", page)  # no raw "<" outside tags anywhere on the page
+
+
+def byte_mark(text: str) -> str:
+    """A byte or an invisible character as pages mark it: by number, in a span set apart from the token's text."""
+    return f'<span class="byte">{html.escape(text)}</span>'
+
+
+def test_bytes_invisible_characters_and_whitespace_show_as_marks_wherever_tokens_appear(client: httpx.Client):
+    """A byte no character completes (stored <0xC3>), a control or invisible character and whitespace show as marks
+    set apart from text, in contexts, the tokens a unit peaks on, logit effects and the layer's table: no token is
+    blank, none shows "�" or a missing-glyph box. The twin keeps the texts as stored."""
+    body = client.get(url(*CHANNEL) + ".json").json()
+    assert body["contexts"]["top"][0]["tokens"] == ODD_TOKENS and body["logit_effects"] == LOGIT_EFFECTS
+    page, table = client.get(url(*CHANNEL)).text, client.get(url(CHANNEL[0])).text
+    for shown in (page, table):
+        assert not any(char in shown for char in ("\x13", "\x0f", "\u200b", "\ufffd"))
+
+    context = section(page, "top-contexts").split('<li class="ctx">')[1]
+    tokens = re.findall(r'<span class="t[^"]*"[^>]*>(.*?)</span>(?=<span class="t|</code>)', context, re.S)
+    assert tokens == ["x", " =", " &#39;", byte_mark("<0xC3>"), byte_mark("<0x87>"), "&#39;", " +", " &#39;",
+                      byte_mark("<0x13>"), byte_mark("<U+200B>"), "&#39;", NEWLINE_MARK + "\n", "    ", "y"]
+
+    space = '<span class="ws">{}</span>'.format
+    peaks = "".join(f'<code class="chip tok">{chip}</code>' for chip in (
+        space("␣") + "x", "λ", byte_mark("<0xC5>"), byte_mark("<0x0F>"), space("␣␣␣␣")))
+    assert peaks in section(page, "activation") and peaks in table
+    effects = section(page, "logit-effects")
+    for token_id, mark in ((121, byte_mark("<0xBC>")), (208, byte_mark("<0x13>")), (4, space("␣")), (5, space("→")),
+                           (3, space("⏎"))):
+        assert f'<code class="tok" title="token {token_id}">{mark}</code>' in effects
+
+
+def test_dense_card_loss_layer_shape_and_random_contexts_say_what_they_are(client: httpx.Client):
+    """The dense model's card says it is dense (not "100.00% of its sparse matrices"); held-out losses have three
+    decimals everywhere (2.350, not 2.35 beside 2.346); a layer's shape says it is an activation's shape per token;
+    random contexts are described as drawn: where the unit is nonzero, of either sign."""
+    dense = client.get(f"/models/{DENSE_SLUG}").text
+    assert "sparse matrices" not in dense and "of the weights nonzero" not in dense
+    assert "Dense: its matrices are not pruned (100.00% of their weights are nonzero)." in text_of(dense)
+    assert '<span class="metric-value">dense</span><span class="metric-name">weights, none pruned</span>' in dense
+    sparse = client.get(f"/models/{SLUG}").text
+    assert "Weight-sparse: 6.12% of the weights of its sparse matrices are nonzero (target 6.25%)." in text_of(sparse)
+    for page, loss in ((dense, "2.350"), (sparse, "2.346")):
+        assert f'<span class="metric-value">{loss}</span><span class="metric-name">held-out loss' in page
+    layer = text_of(client.get(url(NEURON[0])).text)
+    assert f"{D_MLP} units · activation shape {D_MLP} per token" in " ".join(layer.split())
+    random = section(client.get(url(*NEURON)).text, "random-contexts")
+    assert "drawn at random from the tokens where it is nonzero, either sign" in random
 
 
 def test_connections_link_to_units_that_link_back(client: httpx.Client):

@@ -63,7 +63,8 @@ def spec(variant: str) -> ModelSpec:
     return ModelSpec(slug=f"random-{variant}", title=f"Random {variant} GPT", kind=ModelKind.LANGUAGE,
                      description="a test model", source="tests/test_lm_precompute.py",
                      layers=language_layers(N_LAYER, D_MODEL, D_MLP, N_HEAD * D_HEAD),
-                     loader=f"tests.test_lm_precompute:load_{variant}", dataset="precompute.lm.corpus:load_heldout")
+                     loader=f"tests.test_lm_precompute:load_{variant}", dataset="precompute.lm.corpus:load_heldout",
+                     tokenizer="precompute.lm.tokenizer:load_tokenizer")
 
 
 def precompute(atlas: Path, variant: str = "sparse", **callbacks) -> int:

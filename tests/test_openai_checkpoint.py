@@ -1,11 +1,21 @@
 """OpenAI's released checkpoint layout read into SparseGPT: checkpoints written here in that layout (their parameter
 names, a beeg_config.json, random weights) must give the logits of a second, independent forward pass written below
-as plain functional torch from the state dict and the config, to 1e-5, for every option a checkpoint can set."""
+as plain functional torch from the state dict and the config, to 1e-5, for every option a checkpoint can set.
+
+The release's tokenizer, in GPT-2's file format (encoder.json + vocab.bpe, written here), is read with ``tokenizers``
+and encodes as its ranks define BPE (checked against a rank-merging BPE written below); tasks are read in each
+model's tokenizer (OpenAI's "]\\n" / "]]\\n" where it has them). End to end: a release as downloaded, holding a
+hand-built sparse model that closes strings and its dense baseline, with a tokenizer trained here, gets its quote
+circuits from `atlascope precompute openai-csp` (the circuit found is the mechanism the model was built from), and the
+server answers the circuit page, its twin, its circuit-tracer JSON and the sparse-vs-dense comparison; a candidate
+that is two tokens of the released tokenizer exits 2 before anything is written.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +26,7 @@ import torch.nn.functional as F
 
 from precompute.lm import openai_checkpoint as oc
 from precompute.lm.model import SPARSITY_LOCATIONS
+from precompute.lm.tasks import SPLITS, TASKS, split
 from precompute.lm.tokenizer import _CHAR_TO_BYTE
 from precompute.registry import get_model
 from tests.conftest import atlascope
@@ -303,12 +314,86 @@ def write_tokenizer(directory: Path, merges: list[tuple[str, str]]) -> None:
 
 def test_tokenizer_is_read_from_the_release_files(tmp_path: Path):
     write_tokenizer(tmp_path, [("s", "e"), ("se", "l"), ("Ġ", "s")])
-    enc = oc.load_tokenizer(tmp_path)
+    tokenizer = oc.load_tokenizer(tmp_path)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
     text = "self.sel  s\n\tél"
-    assert enc.decode(enc.encode_ordinary(text)) == text
-    assert enc.encode_ordinary("sel") == [256 + 1]
-    assert enc.encode_ordinary("self") == [257, ord("f") - ord("!")]  # "sel" then "f" (printable bytes come first)
-    assert enc.encode("x<|endoftext|>", allowed_special="all")[-1] == 2047
+    assert tokenizer.decode(ids(text)) == text
+    assert ids("sel") == [256 + 1]
+    assert ids("self") == [257, ord("f") - ord("!")]  # "sel" then "f" (printable bytes come first)
+    assert ids("x<|endoftext|>")[-1] != 2047 and tokenizer.token_to_id("<|endoftext|>") == 2047  # text stays text
+    assert tokenizer.decode([2047]) == "<|endoftext|>"
+
+
+def ranked_bpe(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """BPE as the released tokenizer's ranks define it, written out here: a piece that is a token is that token;
+    otherwise, from single bytes, merge the adjacent pair whose concatenation has the lowest rank (the leftmost on a
+    tie) until no adjacent pair is a token."""
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while True:
+        joined = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]
+        if not joined:
+            return [ranks[part] for part in parts]
+        _, i = min(joined)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def test_the_tokenizer_merges_by_rank_as_the_release_defines_it(tmp_path: Path):
+    """"abc" is made from "a" + "bc", yet "ab" + "c" (adjacent once "ab" merged first) must become "abc" too; and a
+    piece that is a token is taken whole. Checked against ``ranked_bpe`` on those cases and on Python source."""
+    merges = [("a", "b"), ("b", "c"), ("a", "bc"), ("abc", "d"), ("Ġ", "a"), ("Ġa", "b"), ("d", "e"), ("de", "f"),
+              ("Ġ", "de"), ("r", "e"), ("re", "t"), ("Ġ", "ret"), ("Ġret", "u"), ("Ġretu", "r"), ("Ġretur", "n")]
+    write_tokenizer(tmp_path, merges)
+    tokenizer = oc.load_tokenizer(tmp_path)
+    ranks = {bytes(_CHAR_TO_BYTE[c] for c in token): rank
+             for token, rank in json.loads((tmp_path / "encoder.json").read_text()).items() if token != "<|endoftext|>"}
+    texts = ["abcab", "xabcd", " abc def", "    return x\n", Path(oc.__file__).read_text()[:4000]]
+    for text in texts:
+        pieces = tokenizer.pre_tokenizer.pre_tokenize_str(text)
+        expected = [i for piece, _ in pieces for i in ranked_bpe(ranks, bytes(_CHAR_TO_BYTE[c] for c in piece))]
+        assert tokenizer.encode(text, add_special_tokens=False).ids == expected, text
+    assert tokenizer.encode("xabcd", add_special_tokens=False).tokens == ["x", "abcd"]
+
+
+def test_tokenizer_files_that_disagree_are_refused(tmp_path: Path):
+    write_tokenizer(tmp_path, [("s", "e")])
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\ns e\nx y\n")  # a merge encoder.json has no token for
+    with pytest.raises(oc.CheckpointError, match="disagree: 257 tokens"):
+        oc.load_tokenizer(tmp_path)
+    write_tokenizer(tmp_path, [("s", "e"), ("e", "s")])
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\ne s\ns e\n")  # listed out of rank order
+    with pytest.raises(oc.CheckpointError, match="do not make the token"):
+        oc.load_tokenizer(tmp_path)
+
+
+def test_candidates_are_read_in_each_models_tokenizer(tmp_path: Path):
+    """The bracket task's candidates are read as OpenAI's "]\\n" / "]]\\n" where a tokenizer has both as single
+    tokens (every pair's brackets end their line, so that is the token such a tokenizer cuts there), as "]" / "]]"
+    in the organisms' tokenizer, and refused, naming the task, the candidate and how it splits, where neither is."""
+    from precompute.lm.task_check import candidate_ids
+    from precompute.lm.tokenizer import load_tokenizer
+
+    bracket = TASKS["bracket_counting"]
+    (form,) = bracket.forms
+    for which in SPLITS:  # each form is its candidate and how every pair goes on after it
+        for pair in split(bracket, which, 200):
+            assert (pair.correct + pair.rest).startswith(form[bracket.candidates.index(pair.correct)]), pair
+    write_tokenizer(tmp_path / "theirs", [("]", "Ċ"), ("]", "]"), ("]]", "Ċ")])
+    theirs = oc.load_tokenizer(tmp_path / "theirs")
+    assert candidate_ids(bracket, theirs) == {"]": 256, "]]": 258}
+    ours = load_tokenizer()
+    assert candidate_ids(bracket, ours) == {text: ours.token_to_id(text) for text in bracket.candidates}
+
+    write_tokenizer(tmp_path / "bytes", [("]", "Ċ")])
+    with pytest.raises(ValueError) as refused:
+        candidate_ids(bracket, oc.load_tokenizer(tmp_path / "bytes"))
+    assert str(refused.value).startswith("task 'bracket_counting': candidate ']]' is 2 tokens (']' + ']') in this "
+                                         "model's tokenizer, not one (nor is each of its forms ']\\n' / ']]\\n' one "
+                                         "token)")
 
 
 def test_a_missing_tokenizer_says_which_files_to_fetch_and_where(tmp_path: Path, monkeypatch):
@@ -353,3 +438,158 @@ def test_cli_refuses_a_missing_directory_before_importing_torch(tmp_path: Path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "beeg_config.json not found" in lines[0]
     assert not (tmp_path / "atlas").exists()
+
+
+# --- circuits of a released checkpoint, end to end ------------------------------------------------------------------
+
+QUOTE_TASK = "single_double_quote"
+PRUNING = ["--prune-steps", "10", "--k-coef", "1e-3", "--tokens", "4096"]  # two settings, few steps, a short pass
+
+
+def trained_tokenizer(directory: Path) -> None:
+    """A 512-token BPE trained by the organisms' trainer (``precompute.lm.tokenizer.train``, whose pre-tokenizer
+    never merges a quote with anything else) on the quote task's texts, written in the release's GPT-2 file format.
+    No text it learns from holds "]]", which stays two tokens."""
+    from precompute.lm.tokenizer import train
+
+    task = TASKS[QUOTE_TASK]
+    trained = train([pair.prompt + pair.correct + pair.rest for which in SPLITS for pair in split(task, which, 300)],
+                    vocab_size=512)
+    merges = json.loads(trained.to_str())["model"]["merges"]  # ["left right", ...] or [[left, right], ...]
+    write_tokenizer(directory, [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges])
+
+
+def released(directory: Path, model) -> Path:
+    """``model`` (a ``SparseGPT``) written in the released layout: its config under the release's field names as
+    ``beeg_config.json``, its state dict (whose names are the release's) as ``final_model.pt``."""
+    config = {name: value for name, value in model.config.to_dict().items() if name in oc.THEIR_DEFAULTS}
+    return write(directory, config, model.state_dict())
+
+
+def quote_model(tokenizer, dense: bool):
+    """A one-block GPT built by hand to close strings, in 2,048 tokens of ``tokenizer`` (whose tokens hold one kind
+    of quote at most): the embedding marks a token holding a quote (channel 1) and its kind (channel 2, +1 for a
+    double quote), the position table counts positions (channel 3); the one head's key is "a quote, the later the
+    better", so its constant query finds the string's opening quote (the last quote of any prompt), and its value,
+    the quote's kind, is written to channel 4, which the unembedding reads as the two quotes' logits. ``dense``:
+    every other weight a little noise, so it is a dense model doing the same."""
+    from precompute.lm.model import GPTConfig, SparseGPT
+    from precompute.lm.tokenizer import token_texts
+
+    double, single = tokenizer.token_to_id('"'), tokenizer.token_to_id("'")
+    texts = token_texts(tokenizer, range(tokenizer.get_vocab_size() - 1))  # every token but <|endoftext|>
+    config = GPTConfig(vocab_size=2048, block_size=256, n_layer=1, n_head=1, d_head=4, d_model=8, d_mlp=8,
+                       bias=False, rms_norm=True, afrac=None, tied_unembed=False, enable_bigram_table=False,
+                       learnable_bigram_table=False, position_embedding=True)
+    model = SparseGPT(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():  # norm gains 1 (RMSNorm alone), every matrix zero or a little noise
+            is_gain = parameter.dim() == 1
+            parameter.copy_(torch.ones_like(parameter) if is_gain else 1e-3 * torch.randn(
+                parameter.shape, generator=generator) if dense else torch.zeros_like(parameter))
+        embed = model.transformer.wte.weight  # [vocab, d_model]
+        embed[:, 0] = 1.0
+        for token, text in enumerate(texts):
+            if '"' in text or "'" in text:
+                embed[token, 1:3] = torch.tensor([1.0, 1.0 if '"' in text else -1.0])
+        model.transformer.wpe.weight[:, 3] = torch.arange(256) / 256  # [block_size, d_model]
+        qkv = model.transformer.h[0].attn.c_attn.weight  # [3 * d_attn, d_model]: q rows 0-3, k 4-7, v 8-11
+        qkv[0, 0], qkv[4, 1], qkv[4, 3], qkv[8, 2] = 1.0, 60.0, 40.0, 1.0
+        model.transformer.h[0].attn.c_proj.weight[4, 0] = 1.0  # [d_model, d_attn]
+        model.lm_head.weight[double, 4], model.lm_head.weight[single, 4] = 0.75, -0.75  # [vocab, d_model]
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release as downloaded: ``models/csp_quote`` (weight-sparse), ``models/dense1_quote`` (its dense baseline)
+    and ``tinypython/`` with a tokenizer in the release's GPT-2 file format."""
+    root = tmp_path_factory.mktemp("release")
+    trained_tokenizer(root / "tinypython")
+    tokenizer = oc.load_tokenizer(root / "tinypython")
+    released(root / "models" / "csp_quote", quote_model(tokenizer, dense=False))
+    released(root / "models" / "dense1_quote", quote_model(tokenizer, dense=True))
+    return root
+
+
+def in_process(*args: str):
+    """``atlascope ARGS`` run in this process, which has torch imported already; its result."""
+    from typer.testing import CliRunner
+
+    from precompute.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"NO_COLOR": "1"})
+
+
+@pytest.fixture(scope="module")
+def circuit_atlas(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    atlas = tmp_path_factory.mktemp("released") / "atlas"
+    for name in ("csp_quote", "dense1_quote"):
+        done = in_process("precompute", "openai-csp", "--weights", str(release / "models" / name), "--atlas",
+                          str(atlas), "--tasks", QUOTE_TASK, "--device", "cpu", *PRUNING)
+        assert done.exit_code == 0, (done.stderr, done.exception)
+    return atlas
+
+
+def test_a_downloaded_release_is_read_whole(release: Path, tmp_path: Path):
+    """--weights may name the release as downloaded: its one model, or, when it holds several, an error naming
+    each; the tokenizer is found in the release's tinypython/ beside models/."""
+    with pytest.raises(oc.CheckpointError, match="holds 2 released models; name one: --weights .*csp_quote"):
+        get_model("openai-csp", release)
+    shutil.copytree(release / "tinypython", tmp_path / "tinypython")
+    shutil.copytree(release / "models" / "csp_quote", tmp_path / "models" / "csp_quote")
+    spec = get_model("openai-csp", tmp_path)
+    assert spec.slug == "openai-csp_quote" and spec.weights == tmp_path / "models" / "csp_quote"
+    assert spec.load_tokenizer().get_vocab() == oc.load_tokenizer(release / "tinypython").get_vocab()
+
+
+def test_the_hand_built_model_closes_strings_as_released(release: Path):
+    from precompute.lm.evaluate import task_metrics
+
+    task = TASKS[QUOTE_TASK]
+    model_dir = release / "models" / "csp_quote"
+    scores = task_metrics(oc.load(model_dir), oc.load_tokenizer(model_dir), task, split(task, "eval", 400))
+    assert scores["accuracy"] == 1.0 and scores["loss"] < 0.15
+
+
+def test_circuits_of_released_checkpoints_are_pruned_saved_and_served(circuit_atlas: Path):
+    """``atlascope precompute openai-csp`` finds the quote circuit of a released sparse model and of its dense
+    baseline with their own tokenizer, and the server answers the circuit page, its twin, its circuit-tracer JSON
+    and the comparison of the two."""
+    import httpx
+
+    from tests.conftest import serving
+    from tests.test_server import assert_twin
+
+    sparse, dense = "openai-csp_quote", "openai-dense1_quote"
+    with serving(circuit_atlas) as url, httpx.Client(base_url=url, timeout=30) as client:
+        body = assert_twin(client, f"/models/{sparse}/circuits/{QUOTE_TASK}")
+        assert body["met"] and body["config"]["candidate_tokens"] == ['"', "'"]
+        assert body["faithfulness"]["full"]["accuracy"] == 1.0 and body["config"]["mean_tokens"] == 4096
+        # what the model was built from: the reads of "a quote", its kind and the position, the key, the value and
+        # the channel the head writes (the query is a constant, which its mean stands in for)
+        assert {(node["layer"], node["index"]) for node in body["nodes"]} == {
+            ("0.attn.act_in", 1), ("0.attn.act_in", 2), ("0.attn.act_in", 3), ("0.attn.k", 0), ("0.attn.v", 0),
+            ("0.attn.out", 4)}
+        assert all(node["url"] == f"/models/{sparse}/{node['layer']}/{node['index']}" for node in body["nodes"])
+        graph = client.get(f"/models/{sparse}/circuits/{QUOTE_TASK}/graph.json")
+        assert graph.status_code == 200 and len(graph.json()["nodes"]) >= body["n_nodes"]
+        compared = assert_twin(client, f"/circuits/{QUOTE_TASK}")
+        assert {row["model"]["slug"]: row["weights"] for row in compared["circuits"]} == {sparse: "sparse",
+                                                                                          dense: "dense"}
+        [pair] = compared["pairs"]
+        assert (pair["dense"]["slug"], pair["sparse"]["slug"]) == (dense, sparse)
+        card = assert_twin(client, f"/models/{sparse}")["model"]["card"]
+        assert card["tokenizer"]["name"] == "tinypython_2k" and card["sparsity"]["weights"] == "sparse"
+
+
+def test_a_candidate_that_is_two_tokens_of_the_released_tokenizer_is_refused(release: Path, tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    done = in_process("precompute", "openai-csp", "--weights", str(release / "models" / "csp_quote"), "--atlas",
+                      str(atlas), "--tasks", "bracket_counting")
+    assert done.exit_code == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: task 'bracket_counting': candidate ']]' is 2 tokens "
+                                                   "(']' + ']')"), done.stderr
+    assert "openai-csp_quote" in lines[0] and not atlas.exists()

@@ -47,6 +47,7 @@ from torch import nn
 
 from precompute.lm import evaluate
 from precompute.lm.evaluate import PairBatch
+from precompute.lm.task_check import candidate_ids
 from precompute.lm.tasks import Pair, Task, contrastive_split, split
 from precompute.lm.tokenizer import token_texts
 from render.circuit_graph import Edge, circuit_edges, logit_reads
@@ -61,6 +62,9 @@ Report = Callable[[str], None]
 DEFAULT_SWEEP = tuple(Setting(k_coef, lr) for k_coef in (1e-4, 3e-4, 1e-3, 3e-3) for lr in (1e-2, 3e-2))
 NULL_METHOD = "weight-shuffled"
 SEARCH_ROWS = 512  # prompts (all copies together) per forward pass while reading the loss at k
+# Pretraining tokens per forward pass while taking the means (64 windows of a TinyLM's 128 tokens): the pass holds
+# every node's activation at all of them at once, so windows of a longer context go fewer at a time
+MEAN_BATCH_TOKENS = 8192
 # The embedded organisms' settings as a sweep chose them, per model and task (``recorded_settings``)
 RECORDED = Path(__file__).resolve().parents[1] / "organisms" / "tinylm-circuits.json"
 
@@ -168,7 +172,8 @@ def prepare(model: nn.Module, pretraining: np.ndarray, windows: int | None = Non
     points = node_points(model)
     chunks = pretraining_windows(pretraining, model.config.block_size, windows)
     device = next(model.parameters()).device
-    means = mean_activations(model, points, chunks.to(device), batch=64, report=None if report is None else (
+    batch = max(1, MEAN_BATCH_TOKENS // model.config.block_size)
+    means = mean_activations(model, points, chunks.to(device), batch=batch, report=None if report is None else (
         lambda done, total: report(f"ablation means, {done:,}/{total:,} windows of pretraining text")))
     return Prepared(model, points, Nodes({name: means[name].numel() for name in points}), means, int(chunks.numel()))
 
@@ -312,7 +317,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
                                lambda words: say(f"null ({NULL_METHOD}): {words}"))
         null_record = _null(null, tokenizer, task, pruned.setting, prune_batch, signs, eval_batch, config,
                             lambda words: say(f"null ({NULL_METHOD}): {words}"))
-    ids = {text: evaluate.token_id(tokenizer, task.name, text) for text in task.candidates}
+    ids = candidate_ids(task, tokenizer)
     taus = nodes.split(pruned.tau)
     return FoundCircuit(
         task=task.name, met=met, loss=pruned.loss, pruned=pruned, all_nodes=nodes,
@@ -331,6 +336,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
         examples=_examples(tokenizer, eval_pairs, eval_batch, full_margins, circuit_margins, config.examples),
         config={**config.record(), "k_coef": pruned.setting.k_coef, "lr": pruned.setting.lr,
                 "prune_prompts": len(flat), "mean_tokens": prepared.mean_tokens, "nodes_total": nodes.total,
+                "candidate_tokens": token_texts(tokenizer, ids.values()),
                 "seconds": round(time.perf_counter() - started, 1)},
     )
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from precompute.lm.task_check import candidate_ids
 from precompute.lm.tasks import Pair, Task
-
-EOT = "<|endoftext|>"
+from precompute.lm.tokenizer import EOT
 
 
 @dataclass(frozen=True)
@@ -40,24 +40,16 @@ class PairBatch:
                          self.wrong[rows])
 
 
-def token_id(tokenizer: Tokenizer, task_name: str, text: str) -> int:
-    """The id of a candidate text, which must be exactly one token: the task loss compares two single logits."""
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    if len(encoding.ids) != 1:
-        raise ValueError(f"task {task_name!r}: candidate {text!r} is {len(encoding.ids)} tokens {encoding.tokens} of "
-                         f"this tokenizer, not one; choose candidate texts that are single tokens")
-    return encoding.ids[0]
-
-
 def encode_pairs(tokenizer: Tokenizer, task: Task, pairs: list[Pair]) -> PairBatch:
     """Each prompt after ``<|endoftext|>`` (where documents start in the training stream, so the model reads it as the
-    start of a file), right-padded with that token into one batch."""
+    start of a file), right-padded with that token into one batch; the candidates as ``candidate_ids`` reads them in
+    ``tokenizer``."""
     eot = tokenizer.token_to_id(EOT)
     rows = [[eot, *e.ids] for e in tokenizer.encode_batch([p.prompt for p in pairs], add_special_tokens=False)]
     tokens = torch.full((len(rows), max(map(len, rows), default=1)), eot, dtype=torch.long)
     for i, row in enumerate(rows):
         tokens[i, :len(row)] = torch.tensor(row)
-    ids = {text: token_id(tokenizer, task.name, text) for p in pairs for text in (p.correct, p.wrong)}
+    ids = candidate_ids(task, tokenizer)
     return PairBatch(tokens, torch.tensor([len(row) - 1 for row in rows]),
                      torch.tensor([ids[p.correct] for p in pairs]), torch.tensor([ids[p.wrong] for p in pairs]))
 
@@ -89,8 +81,7 @@ def task_metrics(model: nn.Module, tokenizer: Tokenizer, task: Task, pairs: list
 
     Pairs go through the model sorted by token length, ``batch_size`` at a time, so each batch pads little; with the
     default, the few hundred pairs of a split take one forward pass."""
-    for text in task.candidates:
-        token_id(tokenizer, task.name, text)
+    candidate_ids(task, tokenizer)  # a candidate that is not one token fails here, before the pairs are looked at
     if not pairs:
         raise ValueError(f"task {task.name!r}: no pairs to evaluate")
     batch = encode_pairs(tokenizer, task, pairs)

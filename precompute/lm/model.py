@@ -146,16 +146,17 @@ class Attention(nn.Module):
 
     def _attend_with_sink(self, q, k, v, scale: float) -> torch.Tensor:
         """Causal attention over the keys plus one always-visible slot with key and value zero and a learned logit:
-        the head may put weight on nothing."""
+        the head may put weight on nothing. The mask is one per head, shared by the batch: a mask per row would be
+        [B, H, T, 1 + T], which autograd keeps for the backward pass of every block while pruning trains."""
         batch, heads, time, d_head = q.shape
         zeros = q.new_zeros(batch, heads, 1, d_head)
         k, v = torch.cat([zeros, k], dim=2), torch.cat([zeros, v], dim=2)  # [B, H, 1 + T, dh]
         visible = torch.ones(time, time, dtype=torch.bool, device=q.device).tril()
         visible = torch.cat([visible.new_ones(time, 1), visible], dim=1)  # [T, 1 + T]
         mask = torch.zeros(time, time + 1, dtype=q.dtype, device=q.device)
-        mask = mask.masked_fill(~visible, torch.finfo(q.dtype).min).expand(batch, heads, time, time + 1).clone()
-        mask[..., 0] += self.sink_logit.to(q.dtype).view(1, heads, 1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        mask = mask.masked_fill(~visible, torch.finfo(q.dtype).min).repeat(heads, 1, 1)  # [H, T, 1 + T]
+        mask[..., 0] += self.sink_logit.to(q.dtype).view(heads, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)  # mask [1, H, T, 1 + T]
 
 
 class MLP(nn.Module):

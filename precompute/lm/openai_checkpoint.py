@@ -1,29 +1,32 @@
 """OpenAI's released weight-sparse checkpoints (github openai/circuit_sparsity, Hugging Face openai/circuit-sparsity)
 read into ``SparseGPT``, so that it gives the logits the released model gives.
 
-A released model is a directory, ``models/<name>/`` in the release, holding ``beeg_config.json`` (the fields of their
-``GPTConfig``) and ``final_model.pt`` (a state dict). ``SparseGPT`` uses their parameter and field names, so most of it
-loads as it is; what differs is mapped here:
+A released model is a directory, ``models/<name>/`` in the release, holding ``beeg_config.json`` (the fields of the
+``GPTConfig`` the checkpoint was written with) and ``final_model.pt`` (a state dict); the release's ``tinypython/``
+folder, beside ``models/``, holds the tokenizer. ``--weights`` takes a model's directory or the downloaded release
+itself when it holds one model (``model_directory``). ``SparseGPT`` uses the release's parameter and field names, so
+most of a checkpoint loads as it is; what differs is mapped here:
 
-- A field the config leaves out takes *their* default (LayerNorm with biases, tied unembedding, no bigram table, ...),
-  which is often not ours. ``n_mlp`` is an old name of ``d_mlp``.
-- Their model always owns ``transformer.wpe``: added to the token embeddings, or concatenated to every block's input
-  when ``d_pos_emb`` is set. A checkpoint without ``transformer.wpe.weight`` was trained without it (their loader loads
-  non-strictly and would leave a random initialisation in its place): we then build no position embeddings, or, for
+- A field the config leaves out means what the release's ``GPTConfig`` defaults to (``THEIR_DEFAULTS``: LayerNorm
+  with biases, tied unembedding, no bigram table, ...), which is often not ours. ``n_mlp`` is an old name of
+  ``d_mlp``.
+- A checkpoint without ``transformer.wpe.weight`` was trained without position embeddings: we build none, or, for
   fixed sinusoids, recompute them.
-- Their attention sink lives in a submodule (``attn.attn_imp.sink_logit``), ours at ``attn.sink_logit``. Their
-  ``load_model`` with its default ``flash=False`` silently drops the sink; we keep it, as the model was trained.
+- An attention sink (``attn.attn_imp.sink_logit`` in the checkpoint, ``attn.sink_logit`` here) is computed as trained:
+  one more slot in every softmax, with that logit and a zero value. A model trained with a sink and read without
+  one gives other logits, so the sink is never dropped.
 - Attention saved without flash carries its causal mask as a buffer ``attn.bias``: checked and dropped.
-- Only the AbsTopK locations their model consults count; other ``afrac_loctypes`` entries never act, and are recorded.
+- Only the AbsTopK locations the model consults count; other ``afrac_loctypes`` entries never act, and are recorded.
 
 Fields that change training or speed but not what an eval forward pass computes are accepted and recorded
 (``ReleasedConfig.ignored``). Anything else (an unknown field, a value we cannot reproduce, a key left over or missing
-after the mapping) is refused, naming the field or the keys. Torch, numpy and tiktoken are imported inside the
-functions that need them, so the CLI and the registry check a directory before torch is imported.
+after the mapping) is refused, naming the field or the keys. Torch and numpy are imported inside the functions that
+need them, so the CLI and the registry check a directory before torch is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,15 +38,16 @@ CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
 RELEASE = "openai/circuit-sparsity on Hugging Face: models/<name>/"
 TOKENIZER = "tinypython_2k"
-TOKENIZER_FILES = ("encoder.json", "vocab.bpe")  # GPT-2's BPE file format, which their tiktoken plugin reads
+TOKENIZER_FILES = ("encoder.json", "vocab.bpe")  # GPT-2's BPE file format (precompute.lm.tokenizer.from_gpt2_files)
 TOKENIZER_URL = "https://openaipublic.blob.core.windows.net/circuit-sparsity/tinypython/"
 TOKENIZER_FOLDER = "tinypython"  # the release's folder for them, beside models/
-EOT = "<|endoftext|>"
-EOT_ID = 2047  # tinypython_2k's only special token
+MODELS_FOLDER = "models"  # the release's folder of models/<name>/
+EOT_ID = 2047  # tinypython_2k's only special token, <|endoftext|>
 # tinypython_2k's pre-tokenizer pattern, as the release defines the encoding.
 TOKENIZER_PATTERN = r"""[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
-# Their GPTConfig's defaults: what a field a beeg_config.json leaves out means.
+# What a field a beeg_config.json leaves out means: the release's GPTConfig defaults (github openai/circuit_sparsity,
+# circuit_sparsity/inference/gpt.py as of its commit of 2025-11-22).
 THEIR_DEFAULTS: dict[str, Any] = {
     "block_size": 1024, "vocab_size": 50304, "n_layer": 12, "n_head": 12, "d_head": None, "d_model": 768,
     "d_mlp": None, "bias": True, "ln_bias": True, "rms_norm": False, "residual_activation_type": "identity",
@@ -51,8 +55,9 @@ THEIR_DEFAULTS: dict[str, Any] = {
     "tied_unembed": True, "enable_bigram_table": False, "learnable_bigram_table": False, "d_pos_emb": None,
     "sinusoidal_cat_pos_emb": False, "sink": False,
 }
-# Their fields that change training, memory or speed, never what the model computes in eval mode. Their loader pops
-# bigram_table_rank: their bigram table is a full [vocab, vocab] matrix whatever it says.
+# Fields that change training, memory or speed, never what the model computes in eval mode. A bigram_table_rank a
+# config may carry is one of them: a released checkpoint stores its bigram table whole, [vocab, vocab], which is what
+# atlascope loads (strictly, so a table stored any other way is refused by its keys).
 NOT_IN_FORWARD = frozenset({"dropout", "dropout_cat_pos_emb", "grad_checkpointing", "flash", "debug_nans",
                             "enable_sparse_kernels", "tokenizer_name", "bigram_table_rank"})
 SIZES = ("block_size", "vocab_size", "n_layer", "n_head", "d_model")
@@ -60,7 +65,7 @@ OPTIONAL_SIZES = ("d_head", "d_mlp", "d_pos_emb")
 FLAGS = ("bias", "ln_bias", "rms_norm", "tied_unembed", "enable_bigram_table", "learnable_bigram_table",
          "sinusoidal_cat_pos_emb", "sink")
 CHOICES = {"activation_type": ("gelu", "relu"), "residual_activation_type": ("identity", "relu")}
-# Where their model asks whether AbsTopK acts (the same names as precompute.lm.model.SPARSITY_LOCATIONS).
+# Where a released model may apply AbsTopK (the same names as precompute.lm.model.SPARSITY_LOCATIONS).
 LOCATIONS = ("attn_in", "attn_out", "attn_q", "attn_k", "attn_v", "mlp_in", "mlp_out", "mlp_neuron",
              "resid_post_attn", "resid_post_mlp")
 CAUSAL_MASK = re.compile(r"transformer\.h\.\d+\.attn\.bias")
@@ -83,7 +88,8 @@ def files(directory: Path | str) -> tuple[Path, Path]:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory / name} not found: a released model's directory holds {CONFIG_FILE} "
-                                  f"and {WEIGHTS_FILE} (from {RELEASE}); put both in {directory}")
+                                  f"and {WEIGHTS_FILE} (from {RELEASE}); put both in {directory}, or give "
+                                  f"--weights the downloaded release, whose {MODELS_FOLDER}/<name>/ folders hold them")
     return directory / CONFIG_FILE, directory / WEIGHTS_FILE
 
 
@@ -103,8 +109,8 @@ def read_released(directory: Path | str) -> ReleasedConfig:
         raw["d_mlp"] = raw.pop("n_mlp")
     ignored = {name: raw.pop(name) for name in sorted(NOT_IN_FORWARD & set(raw))}
     if raw.get("use_tied_aux_matrix", False) is not False:
-        raise CheckpointError(f"{path}: use_tied_aux_matrix={raw['use_tied_aux_matrix']!r} is not supported "
-                              f"(their released loader refuses it too)")
+        raise CheckpointError(f"{path}: use_tied_aux_matrix={raw['use_tied_aux_matrix']!r} is not supported: "
+                              f"atlascope reads checkpoints whose matrices are the model's own")
     if "use_tied_aux_matrix" in raw:
         ignored["use_tied_aux_matrix"] = raw.pop("use_tied_aux_matrix")
     if unknown := sorted(set(raw) - set(THEIR_DEFAULTS)):
@@ -112,7 +118,7 @@ def read_released(directory: Path | str) -> ReleasedConfig:
                               f"atlascope reads the fields of the released GPTConfig only")
     c = {**THEIR_DEFAULTS, **raw}
     _check_values(path, c)
-    loctypes = c["afrac_loctypes"].split(",")  # their test is exact membership: no stripping of spaces
+    loctypes = c["afrac_loctypes"].split(",")  # names as written: " attn_out" names no location, so never acts
     if inert := [loc for loc in loctypes if loc not in LOCATIONS]:
         ignored["afrac_loctypes (never consulted)"] = inert
     values = {name: c[name] for name in (*SIZES, "bias", "ln_bias", "rms_norm", "activation_type",
@@ -250,32 +256,26 @@ def tokenizer_files(directory: Path | str, name: str = TOKENIZER) -> tuple[Path,
         if all((folder / f).is_file() for f in TOKENIZER_FILES):
             return folder / TOKENIZER_FILES[0], folder / TOKENIZER_FILES[1]
     wanted = " and ".join(TOKENIZER_FILES)
-    raise CheckpointError(f"the tokenizer {TOKENIZER} is needed to show tokens but {wanted} were not found in "
-                          f"{', '.join(map(str, tokenizer_dirs(directory)))}: fetch {wanted} from {TOKENIZER_URL} "
-                          f"and put them in {directory} (beside {WEIGHTS_FILE})")
+    raise CheckpointError(f"the tokenizer {TOKENIZER} is needed to read and show tokens but {wanted} were not found "
+                          f"in {', '.join(map(str, tokenizer_dirs(directory)))}: take {wanted} from the release's "
+                          f"{TOKENIZER_FOLDER}/ folder (or {TOKENIZER_URL}) and put them in {directory} (beside "
+                          f"{WEIGHTS_FILE})")
 
 
 def load_tokenizer(directory: Path | str, name: str = TOKENIZER):
-    """``tinypython_2k`` as a ``tiktoken.Encoding``, read from the release's GPT-2-format files: ``encoder.json`` maps
-    each token (bytes written in GPT-2's byte alphabet) to its id, which is also its BPE merge rank; ``vocab.bpe``
-    lists the merges, one per token past the 256 single bytes."""
-    import tiktoken
-
-    from precompute.lm.tokenizer import _CHAR_TO_BYTE
+    """``tinypython_2k`` as a ``tokenizers.Tokenizer`` (``precompute.lm.tokenizer.from_gpt2_files``), read from the
+    release's GPT-2-format files with the release's pre-tokenizer pattern, ``<|endoftext|>`` at ``EOT_ID``."""
+    from precompute.lm.tokenizer import EOT, from_gpt2_files
 
     encoder_path, merges_path = tokenizer_files(directory, name)
     try:
-        encoder = json.loads(encoder_path.read_text(encoding="utf-8"))
-        merges = [line for line in merges_path.read_text(encoding="utf-8").splitlines()[1:] if line]
-        ranks = {bytes(_CHAR_TO_BYTE[ch] for ch in token): rank for token, rank in encoder.items()
-                 if token not in (EOT, "<|startoftext|>")}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read the tokenizer at {encoder_path}: {exc!r}") from None
-    if len(ranks) != 256 + len(merges) or sorted(ranks.values()) != list(range(len(ranks))):
-        raise CheckpointError(f"{encoder_path} and {merges_path} disagree: {len(ranks)} tokens, {len(merges)} "
-                              f"merges; expected 256 single bytes plus one token per merge, numbered from 0")
-    return tiktoken.Encoding(name=name, pat_str=TOKENIZER_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: EOT_ID})
+        tokenizer = from_gpt2_files(encoder_path, merges_path, TOKENIZER_PATTERN)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the tokenizer {name} at {encoder_path.parent}: {exc}") from None
+    if tokenizer.token_to_id(EOT) != EOT_ID:
+        raise CheckpointError(f"{encoder_path}: {EOT} is token {tokenizer.token_to_id(EOT)}, but {name} has it at "
+                              f"{EOT_ID}: these are not {name}'s files")
+    return tokenizer
 
 
 def heldout_sample(directory: Path | str):
@@ -291,13 +291,57 @@ def heldout_sample(directory: Path | str):
     held, ours = corpus.load_heldout(), organisms.load_tokenizer()
     eot = organisms.eot_id(ours)
     ends = [start for _, start in held.documents[1:]] + [len(held.tokens)]
-    pieces, documents, n = [], [], 0
-    for (name, start), end in zip(held.documents, ends):
-        ids = held.tokens[start:end].tolist()
-        whole = ids[-1] == eot
-        pieces.append(theirs.encode_ordinary(ours.decode([i for i in ids if i != eot])) + [EOT_ID] * whole)
-        documents.append((name, n))
-        n += len(pieces[-1])
-    meta = {**held.meta, "tokens": n, "tokenizer": TOKENIZER,
+    spans = [held.tokens[start:end].tolist() for (_, start), end in zip(held.documents, ends)]
+    texts = [ours.decode([i for i in ids if i != eot]) for ids in spans]
+    pieces = [encoding.ids + [EOT_ID] * (ids[-1] == eot)
+              for encoding, ids in zip(theirs.encode_batch(texts, add_special_tokens=False), spans)]
+    starts = np.cumsum([0] + [len(piece) for piece in pieces[:-1]]).tolist()
+    meta = {**held.meta, "tokens": sum(map(len, pieces)), "tokenizer": TOKENIZER,
             "retokenized": "decoded with the organisms' tokenizer, encoded with tinypython_2k"}
-    return corpus.HeldOut(np.array([t for piece in pieces for t in piece], dtype=np.uint16), documents, meta)
+    return corpus.HeldOut(np.array([t for piece in pieces for t in piece], dtype=np.uint16),
+                          [(name, start) for (name, _), start in zip(held.documents, starts)], meta)
+
+
+def model_directory(given: Path | str) -> Path:
+    """The released model ``--weights`` names: the directory itself when it holds a model's files, or the one model
+    under ``models/`` of a downloaded release (``openai/circuit-sparsity`` from Hugging Face, kept whole, so its
+    ``tinypython/`` folder is found beside ``models/``). A release holding several models asks for one of them."""
+    given = Path(given)
+    if (given / CONFIG_FILE).is_file() or not (given / MODELS_FOLDER).is_dir():
+        return given
+    found = sorted(folder for folder in (given / MODELS_FOLDER).iterdir() if (folder / CONFIG_FILE).is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CheckpointError(f"{given} holds {len(found)} released models; name one: "
+                              f"{', '.join(f'--weights {folder}' for folder in found)}")
+    return given
+
+
+def card(directory: Path | str) -> dict[str, Any]:
+    """A released model's card, measured from its files: its config, its weights' sparsity (``weights`` "sparse" when
+    its matrices are at most ``render.lm_weights.SPARSE_AT_MOST`` nonzero, so the atlas pairs it with a dense
+    baseline's circuits), its tokenizer, and the sha256 of its weights file (a model in an atlas is never mixed with
+    other weights of the same name)."""
+    from precompute.lm.sparsity import nonzero_report
+    from precompute.weights import sha256_of
+    from render.lm_weights import SPARSE_AT_MOST
+    from store.keys import CardKey
+
+    _, weights = files(directory)
+    model = load(directory)
+    matrices = nonzero_report({name: p.detach() for name, p in model.sparse_matrices().items()})
+    fraction = sum(m["nonzero"] for m in matrices.values()) / sum(m["shape"][0] * m["shape"][1]
+                                                                  for m in matrices.values())
+    tokenizer = hashlib.sha256()
+    for path in tokenizer_files(directory):
+        tokenizer.update(path.read_bytes())
+    return {
+        CardKey.ARCHITECTURE: model.config.to_dict(),
+        CardKey.SPARSITY: {"weights": "sparse" if fraction <= SPARSE_AT_MOST else "dense", "target": None,
+                           "nonzero_fraction": round(fraction, 5), "matrices": matrices},
+        CardKey.TOKENIZER: {"name": TOKENIZER, "vocab_size": model.config.vocab_size,
+                            "file": " + ".join(TOKENIZER_FILES), "sha256": tokenizer.hexdigest()},
+        CardKey.WEIGHTS: {"file": WEIGHTS_FILE, "sha256": sha256_of(weights), "bytes": weights.stat().st_size,
+                          "found": "--weights"},
+    }

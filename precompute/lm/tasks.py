@@ -3,9 +3,12 @@
 As in the weight-sparse transformers paper (shared/anchors.md), each task cuts realistic Python just before a token
 that one feature of the context decides (the opening quote, the nesting depth, the type a variable was given) and
 scores a model on the two candidates alone. Pairs are seeded and balanced between the two answers, so chance is one
-half; the pruning and evaluation splits never share a prompt. Candidate texts are chosen to be single tokens of
-``precompute/organisms/tinylm_tokenizer.json`` *and* the tokens that tokenizer really produces at the cut, so a model
-sees the prompt as it saw code in training.
+half; the pruning and evaluation splits never share a prompt. A task is text: each model reads it with its own
+tokenizer (``precompute.lm.task_check.candidate_ids``), in which each candidate must be one token. Candidate texts are
+chosen to be single tokens of ``precompute/organisms/tinylm_tokenizer.json`` *and* the tokens that tokenizer really
+produces at the cut, so a model sees the prompt as it saw code in training; a task's ``forms`` are the candidates as
+a tokenizer that joins them with what follows cuts them (OpenAI's ``tinypython_2k`` reads a closing ``]]`` at a
+line's end as ``]]\\n``).
 
 No torch here: ``precompute.lm.evaluate`` scores models on these pairs.
 """
@@ -49,6 +52,10 @@ class Task:
     description: str
     candidates: tuple[str, str]
     make: Callable[[random.Random, str], Pair]
+    # Other forms of the two candidates, in their order, read instead of them by a tokenizer that has both texts of a
+    # form as single tokens (the first such form): each text a candidate followed by how every pair's ``rest`` starts,
+    # so it is the token that tokenizer cuts there
+    forms: tuple[tuple[str, str], ...] = ()
 
     def pairs(self, seed: int | str, n: int) -> list[Pair]:
         """``n`` distinct pairs (by prompt), half answering each candidate (the odd one out at random), in a seeded
@@ -316,7 +323,7 @@ def _bracket_pair(rng: random.Random, answer: str) -> Pair:
 BRACKET_COUNTING = Task(
     "bracket_counting",
     "Close a list literal: one bracket at nesting depth 1, two (]]) at depth 2.",
-    ("]", "]]"), _bracket_pair)
+    ("]", "]]"), _bracket_pair, forms=(("]\n", "]]\n"),))  # every pair's brackets end their line
 
 
 # --- set_or_string: a variable made with set() gets .add, one made with "" gets += ----------------------------------

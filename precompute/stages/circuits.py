@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from precompute.lm import tokenizer as tokenizing
 from precompute.lm.circuits import CircuitConfig, FoundCircuit, Prepared, find_circuit, prepare, shuffled
 from precompute.lm.tasks import Task
 from precompute.stages import Job, Plan
@@ -69,7 +68,7 @@ class CircuitsStage:
         return Plan([TaskWork(task) for task in self.tasks if self.job.force or task.name not in have])
 
     def run(self, items: list[TaskWork]) -> Iterator[tuple[TaskWork, FoundCircuit]]:
-        tokenizer = tokenizing.load_tokenizer()
+        tokenizer = self.job.spec.load_tokenizer()  # the model's own: each task is encoded for it
         pretraining = self.job.spec.dataset_sample().tokens
         prepared: Prepared | None = None
         null: Prepared | None = None

@@ -28,6 +28,12 @@ from store.keys import ContextKey, ExampleKind, Stat
 from store.schema import Example, Layer, Unit
 
 CONTEXT = 128  # tokens the model reads together in the pass (its block size, if shorter): Neuronpedia's length
+# Activations one batch of the pass holds per buffer (tokens x units): the pass keeps five buffers of it (the hooks'
+# outputs, their side-by-side copy and three scratch ones), so this caps its memory at 20 GiB however many units a
+# model has. An organism (64 x 128 x 6,912 values) is far below it; a released model with hundreds of thousands of
+# units reads fewer sequences at a time, as many on every run that chooses the same layers (so a resumed run
+# measures what an uninterrupted one would)
+BATCH_VALUES = 2 ** 30
 TOP_TOKENS = 5
 DIGITS = 4  # significant digits of the activations shown in a window
 
@@ -53,7 +59,7 @@ class Sample:
     """The token sample as the pass read it, for turning its results into rows."""
 
     context: int  # tokens the model read together
-    texts: list[str]  # each token's display text, by offset
+    texts: list[str]  # each token's stored text (``store.tokens``), by offset
     document_starts: np.ndarray  # [D] int64
     document_names: list[str]
 
@@ -88,7 +94,9 @@ class ContextsStage:
         layers = {item.layer.name: hooks[item.layer.module] for item in items}
         offsets = {item.layer.name: unit_offsets(item.layer.units, layer_seed(self.config.seed, item.layer.name))
                    for item in items}
-        found = one_pass(net, layers, tokens, context, self.config.batch, torch.from_numpy(starts), offsets,
+        units = sum(layer.units for layer in self.layers)  # the run's choice, not what is pending: the same batch
+        batch = max(1, min(self.config.batch, BATCH_VALUES // (context * units)))
+        found = one_pass(net, layers, tokens, context, batch, torch.from_numpy(starts), offsets,
                          self.config.seed, lambda done: self.job.report(f"pass: {done:,} of {n:,} tokens"))
         for item in items:
             yield item, found[item.layer.name]

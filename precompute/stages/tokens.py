@@ -8,19 +8,13 @@ from functools import partial
 from precompute.lm import tokenizer as tokenizing
 from precompute.registry import ModelSpec
 
-TokenTexts = Callable[[Sequence[int]], list[str]]  # consecutive token ids -> each one's display text
+TokenTexts = Callable[[Sequence[int]], list[str]]  # token ids -> each one's stored text (``store.tokens``)
 
 
 def token_texts_for(spec: ModelSpec) -> TokenTexts:
-    """The organisms' BPE, or for a released OpenAI model (a spec with user's ``weights``) its ``tinypython_2k``,
-    which lives beside the weights. Texts of consecutive ids join to the decoded text
-    (``precompute.lm.tokenizer.token_texts``)."""
-    if spec.weights is None:
-        return partial(tokenizing.token_texts, tokenizing.load_tokenizer())
-    from precompute.lm import openai_checkpoint
-
-    encoding = openai_checkpoint.load_tokenizer(spec.weights)
-    return lambda ids: tokenizing.piece_texts(encoding.decode_single_token_bytes(int(i)) for i in ids)
+    """The model's own tokenizer's texts (``ModelSpec.load_tokenizer``: the organisms' BPE, a released OpenAI model's
+    ``tinypython_2k``). Each token's text is its own bytes (``precompute.lm.tokenizer.token_texts``)."""
+    return partial(tokenizing.token_texts, spec.load_tokenizer())
 
 
 def vocabulary(spec: ModelSpec, size: int) -> list[str]:

@@ -86,9 +86,10 @@ class WeightsStage:
             source_ids = self.job.unit_ids(session, item.source)
             session.execute(delete(Edge).where(Edge.kind == EdgeKind.WEIGHT, Edge.dst_unit_id.in_(unit_ids.values()),
                                                Edge.src_unit_id.in_(source_ids.values())))
-            session.execute(insert(Edge), [
-                {"src_unit_id": source_ids[src], "dst_unit_id": unit_ids[dst], "kind": EdgeKind.WEIGHT, "weight": w}
-                for (dst, src), w in zip(found.pairs.tolist(), found.weights.tolist())])
+            rows = [{"src_unit_id": source_ids[src], "dst_unit_id": unit_ids[dst], "kind": EdgeKind.WEIGHT,
+                     "weight": w} for (dst, src), w in zip(found.pairs.tolist(), found.weights.tolist())]
+            if rows:  # a matrix of zeros has none (an insert of no rows would be one row of nothing)
+                session.execute(insert(Edge), rows)
         return 0
 
     def _texts(self) -> list[str]:
