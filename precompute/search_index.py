@@ -2,7 +2,7 @@
 logit effects, one layer per call. Torch-free, so an atlas made before search existed gets its index on a base
 install, without loading any model:
 
-    python -m precompute.search_index --atlas DIR
+    atlascope index --atlas DIR          (or python -m precompute.search_index --atlas DIR)
 
 The job's last stage (``precompute.stages.search``) indexes the same way at the end of every run.
 """

@@ -1,5 +1,5 @@
 """Search over HTTP, from the real server: the hand-built LM atlas (``tests/lm_fixture.py``) with its search index
-built by ``python -m precompute.search_index`` on a base install (no torch), the same atlas without the index, and the
+built by ``atlascope index`` on a base install (no torch), the same atlas without the index, and the
 hand-built vision atlas (``tests/vision_fixture.py``); and the index the precompute job builds itself, on a small real
 language model (``tests/test_lm_precompute.py``'s).
 
@@ -44,7 +44,7 @@ def search(client: httpx.Client, query: str | None, **params: str) -> SearchPage
 
 
 def build_index(atlas: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(NO_TORCH), "-m", "precompute.search_index", "--atlas", str(atlas)],
+    return subprocess.run([sys.executable, str(NO_TORCH), "-m", "precompute.cli", "index", "--atlas", str(atlas)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -230,12 +230,12 @@ def test_an_atlas_without_the_index_serves_and_says_how_to_build_it(lm_server: s
     with httpx.Client(base_url=lm_server, timeout=30) as bare:
         page = search(bare, "def clamp")
         assert not page.index.complete and {model.slug for model in page.index.missing} == {SLUG, DENSE_SLUG}
-        assert f"python -m precompute.search_index --atlas {lm_atlas}" in page.index.message
+        assert f"atlascope index --atlas {lm_atlas}" in page.index.message
         assert page.results == []  # found by name only: no name holds these words
         assert [hit.kind for hit in search(bare, TASK).results] == ["task"]
         assert bare.get("/search", params={"q": f"{SLUG} {NEURON[0]} {NEURON[1]}"}).status_code == 303
         html = bare.get("/search", params={"q": "def clamp"}).text
-        assert 'id="index-missing"' in html and "precompute.search_index" in html
+        assert 'id="index-missing"' in html and "atlascope index" in html
 
 
 def index_rows(atlas: Path) -> dict[str, list[tuple]]:

@@ -242,7 +242,7 @@ def index_state(session: Session, atlas: Path, writer_active: bool) -> dict[str,
                if writer_active else "")
     return {"complete": False, "missing": [model_ref(model) for model in missing.values()],
             "message": f"The search index lacks {', '.join(model.slug for model in missing.values())}: their units "
-                       f"are found by name only until `python -m precompute.search_index --atlas {atlas}` builds it "
+                       f"are found by name only until `atlascope index --atlas {atlas}` builds it "
                        f"(as every `atlascope precompute` into this atlas does at its end).{writing}"}
 
 
