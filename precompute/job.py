@@ -1,6 +1,7 @@
 """The precompute job: write a model's layers and units into an atlas, then run its stages (``precompute.stages``):
 for a vision model dataset statistics, dataset examples, weights, layer views and feature visualisations, for a
-language model token contexts, weights and task circuits; last, for either, the search index.
+language model token contexts, weights, the search index and task circuits (the index reads what contexts and
+weights wrote, so search answers before the minutes of pruning); a vision model's search index comes last.
 
 Resumable by construction. Every stage plans from what the atlas lacks, under the writer lock, before anything is
 written; each item of its work (a render batch, a layer) is committed in one transaction with the run's progress,
@@ -79,13 +80,14 @@ class Request:
 
 
 def stages(request: Request, job: Job) -> list[Stage]:
-    """A model kind's stages, in the order they run: the search index last, as it indexes what the others wrote."""
+    """A model kind's stages, in the order they run: the search index after the stages whose rows it indexes (a
+    language model's contexts and weights; circuits add nothing to it, so it comes before their pruning)."""
     layers = [layer for layer, _ in request.selection]
     if request.spec.kind == ModelKind.LANGUAGE:
         blocks = 1 + max(int(layer.name.partition(".")[0]) for layer in request.spec.layers)  # names: {block}.{kind}
         tasks = list(request.tasks if request.tasks is not None else TASKS.values())
         return [ContextsStage(job, layers, request.contexts), WeightsStage(job, layers, blocks),
-                CircuitsStage(job, tasks, request.circuits), SearchStage(job, layers)]
+                SearchStage(job, layers), CircuitsStage(job, tasks, request.circuits)]
     return [StatsStage(job, layers, request.images()), ExamplesStage(job, layers, request.images(), request.examples),
             KernelsStage(job, layers), LayerViewsStage(job, layers, request.caricatures, request.views),
             FeatvisStage(job, request.selection, request.objectives, request.render, request.batch_size),
@@ -98,7 +100,7 @@ class Progress:
     are over all its stages, in what they count: images for a vision model, units for a language model."""
 
     stage: str  # the stage at work ("stats", "examples", "weights", "layer views", "render"; "contexts", "weights",
-    # "circuits"; then "search index" for either), then "done"
+    # "search index", "circuits"; "search index" last for a vision model), then "done"
     planned: int  # counted things the request asks for
     kept: int  # of them already in the atlas, intact
     todo: int  # of them to make: planned - kept

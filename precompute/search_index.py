@@ -4,7 +4,7 @@ install, without loading any model:
 
     atlascope index --atlas DIR          (or python -m precompute.search_index --atlas DIR)
 
-The job's last stage (``precompute.stages.search``) indexes the same way at the end of every run.
+The job's ``search index`` stage (``precompute.stages.search``) indexes the same way in every run.
 """
 
 from __future__ import annotations

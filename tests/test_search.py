@@ -260,7 +260,7 @@ def test_the_job_indexes_what_it_wrote_and_a_rerun_writes_nothing(tmp_path: Path
     atlas = tmp_path / "atlas"
     precompute(atlas)
     built = index_rows(atlas)
-    assert len(built[INDEXED]) == len(spec("sparse").layers) and built[TOKENS]  # every layer, by its last stage
+    assert len(built[INDEXED]) == len(spec("sparse").layers) and built[TOKENS]  # every layer, by its search index stage
     precompute(atlas)
     assert index_rows(atlas) == built
     with sqlite3.connect(atlas / "atlas.db") as db:  # what the command builds from the same atlas, from nothing

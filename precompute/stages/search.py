@@ -1,6 +1,6 @@
-"""The last stage of every run, ``search index``: the search index's rows (``precompute.search_index``) for each
-chosen layer of the run's language model, whose contexts and logit effects the stages before may just have written,
-and for every layer of any language model that the index lacks (an atlas made before search existed, a run stopped
+"""The stage ``search index`` (after contexts and weights for a language model, last for a vision one): the search
+index's rows (``precompute.search_index``) for each chosen layer of the run's language model, whose contexts and
+logit effects the stages before may just have written, and for every layer of any language model that the index lacks (an atlas made before search existed, a run stopped
 before this stage). Counts nothing in the run's progress.
 
 The stages before it run after every plan is made, so this one cannot know from the atlas which of the run's layers

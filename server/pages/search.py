@@ -238,7 +238,7 @@ def index_state(session: Session, atlas: Path, writer_active: bool) -> dict[str,
         .options(NO_CARD).order_by(Model.id))}
     if not missing:
         return {"complete": True, "missing": [], "message": None}
-    writing = (" A precompute is writing to this atlas now: it indexes what it wrote as its last stage."
+    writing = (" A precompute is writing to this atlas now: its `search index` stage indexes what it wrote."
                if writer_active else "")
     return {"complete": False, "missing": [model_ref(model) for model in missing.values()],
             "message": f"The search index lacks {', '.join(model.slug for model in missing.values())}: their units "
