@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import re
 
 import pytest
@@ -35,13 +36,19 @@ def test_generated_files_are_valid_python_and_seeded():
 
 
 def test_generated_files_exercise_what_the_tasks_test():
-    """Both quote styles close strings, lists close at depths one to three, sets grow with .add and strings with +=."""
-    text = "".join(file for file, _ in zip(synthetic.files(0), range(600)))
+    """Both quote styles close strings; lines end closing lists at depth one and two in like numbers (and deep lists
+    reach three); sets grow with .add and strings with +=, each after the line that made it."""
+    text = "".join(file for file, _ in zip(synthetic.files(0), range(700)))
     assert text.count("'") > 1000 and text.count('"') > 1000
-    assert "]]]" in text and text.count("]]") > 300
+    ends = re.findall(r"(\]+)\n", "".join(synthetic.matrices_file(random.Random(i)) for i in range(200)))
+    assert 0.4 < ends.count("]") / len(ends) < 0.6 and ends.count("]]") + ends.count("]") == len(ends)
+    assert "]]]" in "".join(synthetic.lists_file(random.Random(i)) for i in range(50))
     assert re.search(r"^ +(\w+)\.add\(", text, re.M) and re.search(r"^ +\w+ \+= ", text, re.M)
-    for var in re.findall(r"^    (\w+) = set\(\)$", text, re.M)[:50]:
-        assert re.search(rf"^ +{var}\.add\(", text, re.M), var
+    made = re.findall(r"^    (\w+) = (set\(\)|\"\"|'')$", text, re.M)
+    assert {how == "set()" for _, how in made} == {True, False}
+    for var, how in made[:80]:
+        grows = r"\.add\(" if how == "set()" else r" \+= "
+        assert re.search(rf"^ +{var}{grows}", text, re.M), var
 
 
 def test_vocabulary_is_disjoint_from_the_task_templates():
@@ -49,6 +56,9 @@ def test_vocabulary_is_disjoint_from_the_task_templates():
     generated_names = {*synthetic.IDENTIFIERS, *synthetic.FUNCTIONS, *synthetic.ARGUMENTS}
     assert not task_names & generated_names
     assert not set(tasks._WORDS) & set(synthetic.STRING_WORDS)
+    made_up = {synthetic._made_up_name(random.Random(i)) for i in range(3000)}
+    assert len(made_up) > 1000 and all(name.isidentifier() for name in made_up)
+    assert not {*task_names, *tasks._WORDS} & {part for name in made_up for part in [name, *name.split("_")]}
 
 
 @pytest.fixture(scope="module")

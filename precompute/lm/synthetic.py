@@ -3,7 +3,8 @@
 Python source on a machine holds few examples of what the next-token tasks decide (a list closed at depth two, a
 variable built as a set and later grown with ``.add``), so a 2-layer organism trained on it alone stays at chance on
 them. This module writes small, valid Python files dense in those features: string literals of both quote styles,
-nested list literals, and accumulators of several types (sets, strings, lists, counters) grown later in a function.
+nested list literals (deep ones, and short lines closing at depth one or two), and accumulators of several types
+(sets, strings, lists, counters) grown later in a function, among statements that grow other variables otherwise.
 
 It never shares code, seeds or vocabulary with ``precompute.lm.tasks``: its identifiers, function names and words
 inside strings come from lists disjoint from the tasks' (a test checks the lists and that no evaluation prompt
@@ -14,12 +15,16 @@ No torch here; ``precompute.organisms.train_tinylm`` mixes windows of ``tokens(.
 
 from __future__ import annotations
 
+import builtins
+import functools
+import keyword
 import random
 from collections.abc import Callable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from precompute.lm import tasks
 from precompute.lm import tokenizer as tokenizing
 
 CHUNK = 2048  # files generated and encoded at a time
@@ -55,6 +60,42 @@ def _ident(rng: random.Random) -> str:
 
 def _idents(rng: random.Random, k: int) -> list[str]:
     return rng.sample(IDENTIFIERS, k)
+
+
+# Words a made-up name must not be: the task templates' vocabulary, so no prompt's names occur in generated text
+# (precompute.lm.tasks is read for its lists alone), and Python's keywords and builtins, so names stay names.
+_RESERVED = frozenset({*tasks._NAMES, *tasks._QUALIFIERS, *tasks._FUNCS, *tasks._OBJECTS, *tasks._WORDS,
+                       tasks.FIXED_VARIABLE, *keyword.kwlist, *dir(builtins)})
+
+
+@functools.cache
+def _name_parts() -> tuple[str, ...]:
+    """The committed tokenizer's whole lowercase words of 3+ letters (``Ġword`` tokens) that are not reserved: the
+    pieces made-up names are built from, so a name is one to three tokens long, as the tasks' names are."""
+    vocab = tokenizing.load_tokenizer().get_vocab()
+    return tuple(sorted(word for token in vocab if token.startswith("Ġ") and (word := token[1:]).isalpha()
+                        and word.islower() and len(word) >= 3 and word not in _RESERVED))
+
+
+def _made_up_name(rng: random.Random) -> str:
+    """An identifier of one or two words of the vocabulary (``sheet``, ``loop_rank``): thousands of names, so a model
+    must bind a variable to its type by matching the name wherever it recurs, as the tasks' unseen names need, not
+    learn how each of a hundred known names tends to grow."""
+    parts = _name_parts()
+    while True:
+        name = "_".join(rng.choice(parts) for _ in range(rng.choice((1, 1, 2))))
+        if name not in _RESERVED:
+            return name
+
+
+def _fresh_idents(rng: random.Random, k: int) -> list[str]:
+    """``k`` distinct names, each a known identifier one time in four and made up otherwise."""
+    names: list[str] = []
+    while len(names) < k:
+        name = _ident(rng) if rng.random() < 0.25 else _made_up_name(rng)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def _words(rng: random.Random, low: int = 1, high: int = 6) -> str:
@@ -214,13 +255,89 @@ def accumulators_file(rng: random.Random) -> str:
     return "".join(lines)
 
 
+def _row(rng: random.Random, names: list[str], width: int) -> str:
+    """A flat list of ``width`` elements, the last one plain (so its closing brackets are tokens of their own)."""
+    return "[" + ", ".join(_atom(rng, names, plain=i == width - 1) for i in range(width)) + "]"
+
+
+def matrices_file(rng: random.Random) -> str:
+    """Short statements, each ending its line with a list literal of depth one (``]``) or two (``]]``) in equal
+    number: a flat list, or rows of a matrix (1-4 rows, 1-5 wide, sometimes ragged). Lines this short put a closing
+    decision every dozen tokens, where ``lists_file``'s deep literals put one every fifty or more; indexed names and
+    calls inside add closed brackets to count past."""
+    names = _fresh_idents(rng, 5)
+    indent = ""
+    lines = []
+    if rng.random() < 0.5:
+        header, arg = _header(rng)
+        lines.append(header)
+        names[0] = arg
+        indent = "    "
+    for _ in range(rng.randint(4, 10)):
+        if rng.random() < 0.5:
+            literal = _row(rng, names, rng.randint(1, 6))
+        else:
+            width = rng.randint(1, 5)
+            rows = [_row(rng, names, width if rng.random() < 0.7 else rng.randint(1, 5))
+                    for _ in range(rng.randint(1, 4))]
+            literal = "[" + ", ".join(rows) + "]"
+        target = rng.choice(names[1:])
+        lines.append(indent + rng.choice((
+            f"{target} = {literal}",
+            f"{target} = {literal}",
+            f"{target} += {literal}",
+            f"{target}[{rng.randint(0, 9)}] = {literal}",
+            f"{target}.{rng.choice(IDENTIFIERS)} = {literal}",
+            f"{target} = {rng.choice(('np.array', 'torch.tensor', 'np.asarray'))}(\n{indent}    {literal}\n{indent})",
+        )) + "\n")
+    if indent:
+        lines.append(f"    return {names[1]}\n")
+    return "".join(lines)
+
+
+def bindings_file(rng: random.Random) -> str:
+    """One accumulator, a set or a string, made at the top of a function and grown at line starts further down,
+    with statements on other variables between that grow in other ways (``+= 1``, ``.append``), so only the line
+    that made the variable says whether it grows by ``.add`` or ``+=``."""
+    header, arg = _header(rng)
+    kind = rng.choice(("set", "str"))
+    var, item, *others = _fresh_idents(rng, 5)
+    lines = [header]
+    if rng.random() < 0.5:
+        lines.append(f"    {others[0]} = {rng.choice(('0', '[]', '{}', 'None', f'len({arg})'))}\n")
+    lines.append(f"    {var} = {rng.choice(_GROWTH[kind][0])}\n")
+    lines += [f"    {_bystander(rng, others, arg)}\n" for _ in range(rng.randint(0, 3))]
+    opener = rng.choice((f"for {item} in {arg}:", f"for {item} in sorted({arg}):", f"if {arg}:", None))
+    body, value = ("        ", item if opener.startswith("for") else arg) if opener else ("    ", arg)
+    if opener:
+        lines.append(f"    {opener}\n")
+    for _ in range(rng.randint(1, 3)):
+        lines += [f"{body}{_bystander(rng, others, value)}\n" for _ in range(rng.randint(0, 2))]
+        grown = _string_item(rng, value) if kind == "str" else value
+        lines.append(body + _GROWTH[kind][1](var, grown) + "\n")
+    lines.append(f"    return {var}\n")
+    return "".join(lines)
+
+
+def _bystander(rng: random.Random, names: list[str], value: str) -> str:
+    """A statement on another variable, some growing it as a list or a counter does."""
+    a, b = rng.sample(names, 2)
+    return rng.choice((f"{a} = {rng.randint(0, 9)}", f"{a} = []", f"{a} += 1", f"{a}.append({value})",
+                       f"{a} = len({b})", f"{a} = {b}.strip()", f"{a} = {{}}", f"{a}.append({b})"))
+
+
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "quotes": quotes_file,
     "lists": lists_file,
     "accumulators": accumulators_file,
+    "matrices": matrices_file,
+    "bindings": bindings_file,
 }
-# Files of each kind per round: the corpus teaches quotes well already; depth and types need more examples.
-ROUND = ("quotes", "lists", "accumulators", "lists", "accumulators")
+# Files of each kind per round, by tokens about 45% closing decisions, 35% accumulators, 20% quotes: the corpus
+# teaches quotes already; trained on deep ``lists`` and ``accumulators`` named from a fixed list, both organisms
+# stayed at chance on depth-two closings and, for the tasks' names, on sets (README, "The embedded language
+# organisms"), which the short ``matrices`` and ``bindings`` files, with their made-up names, teach.
+ROUND = ("matrices", "bindings", "bindings", "bindings", "matrices", "bindings", "quotes")
 
 
 def parse_round(text: str) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Train an embedded language organism (weight-sparse, or its dense twin) on the offline Python corpus.
 
     python -m precompute.organisms.train_tinylm sparse
-    python -m precompute.organisms.train_tinylm dense --stop-at-loss-of precompute/organisms/tinylm_sparse.json
+    python -m precompute.organisms.train_tinylm dense --stop-at-loss-of precompute/organisms/tinylm-sparse.json
 
 The sparse model follows the paper's recipe: AdamW, gradients rescaled to RMS 1 before every step, after every step
 only the largest weights of each matrix kept, that fraction annealed linearly from dense to the target between 1% and
@@ -77,6 +77,20 @@ def task_progress(model: SparseGPT, tokenizer, pairs: int) -> str:
     return "  ".join(parts)
 
 
+def reference_loss(card: Path, tokens: np.ndarray) -> float:
+    """The loss of the model ``card`` describes on ``tokens``, the very held-out tokens each check scores, so the
+    dense twin stops where it matches the sparse model on one sample (a card's loss is on the whole sample: compared
+    with a check's first 32k tokens, it let the last twin train on to 0.07 nats below the sparse model's loss)."""
+    described = json.loads(card.read_text())
+    config, state = compact.load(card.parent / described["weights"]["file"])
+    model = SparseGPT(GPTConfig.from_dict(config))
+    model.load_state_dict(state)
+    loss = heldout_loss(model.eval(), tokens, model.config.block_size, 64)
+    print(f"{card.name}: held-out loss {loss:.3f} on the {len(tokens):,} tokens each check scores "
+          f"(card: {described['heldout']['loss']:.3f} on the whole sample)", flush=True)
+    return loss
+
+
 def checkpoint_path(kind: str) -> Path:
     return corpus.cache_root() / f"train-tinylm-{kind}.ckpt"
 
@@ -90,7 +104,8 @@ def main(
                                         help="Generated file kinds in turn (precompute.lm.synthetic.GENERATORS)."),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
     target: float = typer.Option(1 / 16, help="Nonzero fraction of each weight matrix at the end (sparse only)."),
-    stop_at_loss_of: Path | None = typer.Option(None, help="A model card: stop when the held-out loss reaches its."),
+    stop_at_loss_of: Path | None = typer.Option(
+        None, help="A model card: stop when the held-out loss reaches that model's (on the tokens each check scores)."),
     eval_every: int = typer.Option(100, help="Steps between held-out checks (and checkpoints)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of this kind, if there is one."),
     precision: str = typer.Option("float32", help="float32, or bfloat16 (autocast matmuls; needs native support)."),
@@ -119,7 +134,7 @@ def main(
     print(f"training mix per step: {batch - synthetic_windows} windows of {len(train):,} corpus tokens, "
           f"{synthetic_windows} of {len(generated):,} generated tokens", flush=True)
     heldout = corpus.load_heldout().tokens
-    stop_loss = json.loads(stop_at_loss_of.read_text())["heldout"]["loss"] if stop_at_loss_of else None
+    stop_loss = reference_loss(stop_at_loss_of, heldout[:EARLY_EVAL_TOKENS]) if stop_at_loss_of else None
     decay = [p for p in model.parameters() if p.dim() == 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
@@ -174,7 +189,7 @@ def main(
                 "corpus_sha256": found.hash, "corpus_files": len(found.split("train")),
                 "synthetic": {"share": synthetic_windows / batch, "tokens": len(generated), "seed": seed,
                               "round": list(kinds),
-                              "generator": "precompute.lm.synthetic (quotes, nested lists, accumulators)"},
+                              "generator": "precompute.lm.synthetic.GENERATORS, the round's kinds in turn"},
                 "recipe": "AdamW (0.9, 0.95), wd 0.01 on matrices; gradients rescaled to RMS 1; warm-up 2% then "
                           "cosine to 10%" + ("; top-k |w| per matrix after every step (>= 4 per row), kept fraction "
                                              "1 -> target linearly over 1%-50% of training, lr x sqrt(target/kept)"
