@@ -596,7 +596,9 @@ def serve(
         uvicorn.run(web, **options)
     else:  # each worker builds its own app through the factory, from the same settings
         os.environ["ATLASCOPE_ATLAS"] = str(atlas.resolve())
-        uvicorn.run("server.app:create_app", factory=True, workers=workers, **options)
+        # uvicorn kills a worker that has not answered its health check in 5 s, and a worker still importing on
+        # busy cores has not: it would restart workers forever, never serving. Give them a minute.
+        uvicorn.run("server.app:create_app", factory=True, workers=workers, timeout_worker_healthcheck=60, **options)
 
 
 # `atlascope index --atlas DIR`: the search index for an atlas made before search existed (torch-free; every
