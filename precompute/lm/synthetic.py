@@ -179,17 +179,19 @@ def nested_list(rng: random.Random, names: list[str], depth: int) -> str:
     return "[" + ", ".join(nested_list(rng, names, depth - 1) for _ in range(rng.randint(1, 4))) + "]"
 
 
+def _maybe_in_function(rng: random.Random, names: list[str]) -> tuple[list[str], str]:
+    """Half the time a function header whose argument replaces ``names[0]``: (the lines so far, the body's indent)."""
+    if rng.random() < 0.5:
+        header, names[0] = _header(rng)
+        return [header], "    "
+    return [], ""
+
+
 def lists_file(rng: random.Random) -> str:
     """Assignments, returns and calls with list literals of depth 1-3. Most end their line with the closing brackets
     (so ``]`` and ``]]`` are tokens of their own, as where code ends a statement); some close inside a call or loop."""
     names = _idents(rng, 5)
-    indent = ""
-    lines = []
-    if rng.random() < 0.5:
-        header, arg = _header(rng)
-        lines.append(header)
-        names[0] = arg
-        indent = "    "
+    lines, indent = _maybe_in_function(rng, names)
     for _ in range(rng.randint(3, 8)):
         depth = rng.choice((1, 1, 1, 2, 2, 2, 3))
         literal = nested_list(rng, names, depth)
@@ -266,13 +268,7 @@ def matrices_file(rng: random.Random) -> str:
     decision every dozen tokens, where ``lists_file``'s deep literals put one every fifty or more; indexed names and
     calls inside add closed brackets to count past."""
     names = _fresh_idents(rng, 5)
-    indent = ""
-    lines = []
-    if rng.random() < 0.5:
-        header, arg = _header(rng)
-        lines.append(header)
-        names[0] = arg
-        indent = "    "
+    lines, indent = _maybe_in_function(rng, names)
     for _ in range(rng.randint(4, 10)):
         if rng.random() < 0.5:
             literal = _row(rng, names, rng.randint(1, 6))
