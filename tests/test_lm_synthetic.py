@@ -78,20 +78,26 @@ def _inner_words(prompt: str) -> set[str]:
     return {m.group() for m in WORD.finditer(prompt) if m.start() > 0 and m.end() < len(prompt)}
 
 
+def phases(training: dict) -> list[dict]:
+    """A card's training record and those of the phases it started from (``train_tinylm --init-from``), last first."""
+    return [training, *(phases(training["initialised_from"]["training"]) if "initialised_from" in training else [])]
+
+
 @pytest.mark.parametrize("slug", ["tinylm-sparse", "tinylm-dense"])
 def test_no_task_prompt_occurs_in_the_generated_training_text(slug, prompts):
-    """Regenerate the very files the organism's card says it trained on and show every prompt of both splits of every
-    task has a witness word those files never contain."""
-    training = json.loads(tinylm.card_path(slug).read_text())[CardKey.TRAINING]
-    recorded = training["synthetic"]
+    """Regenerate the very files the organism's card says it trained on, in each of its training phases, and show
+    every prompt of both splits of every task has a witness word those files never contain."""
     tokenizer = load_tokenizer()
-    files = _generated(recorded["tokens"], recorded["seed"], tuple(recorded.get("round", synthetic.ROUND)))
-    assert sum(len(ids) for ids in tokenizer.encode_batch(files, add_special_tokens=False)) + len(files) \
-        == recorded["tokens"]
-    text = "\n".join(files)
-    trained_words = set(WORD.findall(text))
-    for prompt in prompts:  # a witness word, or else (a short prompt of common words) a search of the whole text
-        assert _inner_words(prompt) - trained_words or prompt not in text, f"{prompt!r} occurs in the generated text"
+    for training in phases(json.loads(tinylm.card_path(slug).read_text())[CardKey.TRAINING]):
+        recorded = training["synthetic"]
+        files = _generated(recorded["tokens"], recorded["seed"], tuple(recorded.get("round", synthetic.ROUND)))
+        assert sum(len(ids) for ids in tokenizer.encode_batch(files, add_special_tokens=False)) + len(files) \
+            == recorded["tokens"]
+        text = "\n".join(files)
+        trained_words = set(WORD.findall(text))
+        for prompt in prompts:  # a witness word, or else (a short prompt of common words) a search of the whole text
+            assert _inner_words(prompt) - trained_words or prompt not in text, \
+                f"{prompt!r} occurs in the generated text of {training['command']}"
 
 
 def test_no_task_prompt_occurs_in_the_training_corpus(prompts):
@@ -109,3 +115,18 @@ def test_no_task_prompt_occurs_in_the_training_corpus(prompts):
             found = [prompt for prompt in by_word.get(word, ()) if prompt in text]
             assert not found, f"{name} holds the task prompt {found[0]!r}"
     assert searched > 0, "no document shares a word with any prompt: the search proved nothing"
+
+
+def _lines_to_first_growth(file: str) -> int:
+    """Lines between the one that makes a bindings file's accumulator and the first that grows it."""
+    lines = file.splitlines()
+    made = next(i for i, line in enumerate(lines) if re.match(r"^    \w+ = (set\(\)|\"\"|'')$", line))
+    var = lines[made].split()[0]
+    return next(i for i, line in enumerate(lines) if re.match(rf"^ +{var}(\.add\(| \+= )", line)) - made - 1
+
+
+def test_near_bindings_grow_the_accumulator_within_a_few_lines_as_bindings_seldom_do():
+    near = [_lines_to_first_growth(synthetic.near_bindings_file(random.Random(i))) for i in range(1000)]
+    far = [_lines_to_first_growth(synthetic.bindings_file(random.Random(i))) for i in range(1000)]
+    assert max(near) <= 3 < max(far)
+    assert near.count(0) > 2 * far.count(0) and near.count(0) + near.count(1) > 2 * (far.count(0) + far.count(1))

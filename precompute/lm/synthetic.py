@@ -295,6 +295,19 @@ def bindings_file(rng: random.Random) -> str:
     """One accumulator, a set or a string, made at the top of a function and grown at line starts further down,
     with statements on other variables between that grow in other ways (``+= 1``, ``.append``), so only the line
     that made the variable says whether it grows by ``.add`` or ``+=``."""
+    return _bindings(rng, most_before=3, most_between=2)
+
+
+def near_bindings_file(rng: random.Random) -> str:
+    """``bindings_file`` with the accumulator first grown a line or two after the line that made it: bindings files
+    seldom do so (2 in 100 grow it on the very next line), and the organisms trained on them chose ``+=`` for a set
+    grown at once (66% right with no line between, 91% with four; README, "The embedded language organisms")."""
+    return _bindings(rng, most_before=1, most_between=1)
+
+
+def _bindings(rng: random.Random, most_before: int, most_between: int) -> str:
+    """A bindings file with up to ``most_before`` statements between the accumulator's line and the block that grows
+    it, and up to ``most_between`` before its first growth inside the block (2 before each later one)."""
     header, arg = _header(rng)
     kind = rng.choice(("set", "str"))
     var, item, *others = _fresh_idents(rng, 5)
@@ -302,13 +315,14 @@ def bindings_file(rng: random.Random) -> str:
     if rng.random() < 0.5:
         lines.append(f"    {others[0]} = {rng.choice(('0', '[]', '{}', 'None', f'len({arg})'))}\n")
     lines.append(f"    {var} = {rng.choice(_GROWTH[kind][0])}\n")
-    lines += [f"    {_bystander(rng, others, arg)}\n" for _ in range(rng.randint(0, 3))]
+    lines += [f"    {_bystander(rng, others, arg)}\n" for _ in range(rng.randint(0, most_before))]
     opener = rng.choice((f"for {item} in {arg}:", f"for {item} in sorted({arg}):", f"if {arg}:", None))
     body, value = ("        ", item if opener.startswith("for") else arg) if opener else ("    ", arg)
     if opener:
         lines.append(f"    {opener}\n")
-    for _ in range(rng.randint(1, 3)):
-        lines += [f"{body}{_bystander(rng, others, value)}\n" for _ in range(rng.randint(0, 2))]
+    for growth in range(rng.randint(1, 3)):
+        between = most_between if growth == 0 else 2
+        lines += [f"{body}{_bystander(rng, others, value)}\n" for _ in range(rng.randint(0, between))]
         grown = _string_item(rng, value) if kind == "str" else value
         lines.append(body + _GROWTH[kind][1](var, grown) + "\n")
     lines.append(f"    return {var}\n")
@@ -328,6 +342,7 @@ GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "accumulators": accumulators_file,
     "matrices": matrices_file,
     "bindings": bindings_file,
+    "near_bindings": near_bindings_file,
 }
 # Files of each kind per round, by tokens about 45% closing decisions, 36% accumulators, 18% quotes: the corpus
 # teaches quotes already; trained on deep ``lists`` and ``accumulators`` named from a fixed list, both organisms

@@ -30,6 +30,7 @@ from precompute.lm.evaluate import heldout_loss, task_metrics
 from precompute.lm.model import GPTConfig, SparseGPT
 from precompute.lm.tasks import TASKS, split
 from precompute.organisms import tinylm
+from store.keys import CardKey
 
 EARLY_EVAL_TOKENS = 32_768  # held-out tokens scored at each check: enough to see a 0.01-nat change
 MONITOR_PAIRS = 128  # pruning pairs per task scored at each check
@@ -91,6 +92,27 @@ def reference_loss(card: Path, tokens: np.ndarray) -> float:
     return loss
 
 
+def start_from(model: SparseGPT, card: Path, kind: str, target: float) -> dict:
+    """Load the weights ``card`` describes into ``model`` for a second training phase; the record the new card keeps
+    of them (their hash and the training that made them). The card must be of this architecture and, for a sparse
+    phase, already at ``target``, since the phase holds the weights there from its first step."""
+    described = json.loads(card.read_text())
+    config, state = compact.load(card.parent / described[CardKey.WEIGHTS]["file"])
+    if config != model.config.to_dict():
+        raise typer.BadParameter(f"{card} describes another architecture than this script trains",
+                                 param_hint="--init-from")
+    was_sparse = described[CardKey.SPARSITY].get("weights") == "sparse"
+    if (kind == "sparse") != was_sparse or (was_sparse and described[CardKey.SPARSITY]["target"] != target):
+        raise typer.BadParameter(f"{card} is a {'sparse' if was_sparse else 'dense'} model (target "
+                                 f"{described[CardKey.SPARSITY].get('target')}); a {kind} phase at {target} cannot "
+                                 "start from it", param_hint="--init-from")
+    model.load_state_dict(state)
+    print(f"second phase from {card} (held-out loss {described[CardKey.HELDOUT]['loss']:.3f})", flush=True)
+    return {"card": str(card), "weights_sha256": described[CardKey.WEIGHTS]["sha256"],
+            "heldout_loss": described[CardKey.HELDOUT]["loss"], "tasks": described[CardKey.TASKS],
+            "training": described[CardKey.TRAINING]}
+
+
 def checkpoint_path(kind: str) -> Path:
     return corpus.cache_root() / f"train-tinylm-{kind}.ckpt"
 
@@ -108,6 +130,9 @@ def main(
         None, help="A model card: stop when the held-out loss reaches that model's (on the tokens each check scores)."),
     eval_every: int = typer.Option(100, help="Steps between held-out checks (and checkpoints)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of this kind, if there is one."),
+    init_from: Path | None = typer.Option(
+        None, help="A model card: a second phase starting from its weights, with a fresh optimizer and schedule (a "
+                   "sparse model stays at the target throughout); the new card keeps the first phase's record."),
     precision: str = typer.Option("float32", help="float32, or bfloat16 (autocast matmuls; needs native support)."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="CPU threads."),
@@ -140,6 +165,7 @@ def main(
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.95))
     params = list(model.parameters())
+    earlier = start_from(model, init_from, kind, target) if init_from else None
     saved, step, seen, spent = checkpoint_path(kind), 0, 0, 0.0
     if resume and saved.exists():
         state = torch.load(saved, weights_only=True)
@@ -152,7 +178,7 @@ def main(
     while step < steps:
         step += 1
         batch_windows = windows(sources, config.block_size, seed, step)
-        fraction = sparsity.kept_fraction(step, steps, target) if kind == "sparse" else 1.0
+        fraction = (1.0 if kind == "dense" else target if earlier else sparsity.kept_fraction(step, steps, target))
         scale = sparsity.lr_scale(fraction, target) if kind == "sparse" else 1.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - 1, steps, lr) * scale
@@ -191,9 +217,14 @@ def main(
                               "round": list(kinds),
                               "generator": "precompute.lm.synthetic.GENERATORS, the round's kinds in turn"},
                 "recipe": "AdamW (0.9, 0.95), wd 0.01 on matrices; gradients rescaled to RMS 1; warm-up 2% then "
-                          "cosine to 10%" + ("; top-k |w| per matrix after every step (>= 4 per row), kept fraction "
-                                             "1 -> target linearly over 1%-50% of training, lr x sqrt(target/kept)"
-                                             if kind == "sparse" else "; stopped at the sparse twin's held-out loss")}
+                          "cosine to 10%" + ("; stopped at the sparse twin's held-out loss" if kind == "dense" else
+                                             "; top-k |w| per matrix after every step (>= 4 per row), " + (
+                                                 "at the target throughout (a second phase)" if earlier else
+                                                 "kept fraction 1 -> target linearly over 1%-50% of training, "
+                                                 "lr x sqrt(target/kept)"))}
+    if earlier:
+        training |= {"initialised_from": earlier, "total_seconds": round(seconds) + earlier["training"].get(
+            "total_seconds", earlier["training"]["seconds"])}
     card = tinylm.write_card(slug, training)
     print(json.dumps({key: card[key] for key in ("heldout", "tasks")}, indent=2))
 
