@@ -79,17 +79,18 @@ def site_paths(base: str) -> dict[str, list[str]]:
     for model in get_json(base, "/.json")["models"]:
         for layer in get_json(base, model["json_url"])["layers"]:
             first = get_json(base, layer["json_url"])
-            for kind in first["kinds"]:
+            for kind in first.get("kinds", [{"kind": None, "json_url": first["json_url"]}]):  # language: no kinds
                 page = get_json(base, kind["json_url"])
                 while True:
                     paths["layer pages"] += [page["url"], page["json_url"]]
-                    if kind["kind"] == first["kind"]:  # every kind lists the same units: take them once
+                    if kind["kind"] == first.get("kind"):  # every kind lists the same units: take them once
                         paths["unit JSON"] += [unit["json_url"] for unit in page["units"]]
                         paths["unit HTML"] += [unit["url"] for unit in page["units"]]
                     if not page["page"]["next"]:
                         break
                     page = get_json(base, page["page"]["next"]["json_url"])
-    paths["assets"] = sorted({image["url"] for path in paths["unit JSON"] for image in get_json(base, path)["images"]})
+    paths["assets"] = sorted({image["url"] for path in paths["unit JSON"]
+                              for image in get_json(base, path).get("images", [])})
     return paths
 
 

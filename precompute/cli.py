@@ -23,6 +23,7 @@ from precompute.lm.openai_checkpoint import CheckpointError
 from precompute import search_index
 from precompute.plan import PlanError, parse_units, select
 from precompute.registry import DEFAULT_MODEL, OPENAI_CSP, REGISTRY, WeightsError, get_model
+from server.export import command as export_command
 from store.keys import CardKey, ModelKind
 
 # Help is printed as written (rich_markup_mode=None): rich markup would take "[input]" in a help text for a tag
@@ -511,49 +512,19 @@ def _caricature_inputs(paths: list[Path], preprocess) -> list[tuple[str, object]
 
 
 def _run_precompute(request, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Run the job (a ``precompute.job.Request``) with a progress bar. ``on_ready()`` is called once the atlas holds
-    the model's layers and units (so every page of it resolves), before the slow part starts."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
+    """Run the job (a ``precompute.job.Request``), reporting its progress (``precompute.reporting``: live bars on a
+    terminal, plain lines in a log). ``on_ready()`` is called once the atlas holds the model's layers and units (so
+    every page of it resolves), before the slow part starts."""
     from precompute import job
-    
+    from precompute.reporting import reporter
+
     spec, atlas = request.spec, request.atlas
     language = spec.kind == ModelKind.LANGUAGE
     counted, verb, done = ("units", "measure", "measured") if language else ("images", "render", "rendered")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     try:  # failures are reported after the progress bar has stopped, so the error is the last line
-        with _atlas_failures(atlas), Progress(*columns, console=err) as progress:
-            task = progress.add_task(f"{spec.slug}", total=None)
-
-            def on_plan(total: int, todo: int) -> None:
-                progress.update(task, total=todo)
-                progress.console.print(f"{spec.slug}: {total} {counted} planned, {total - todo} already in {atlas}, "
-                                       f"{todo} to {verb} on {request.device}")
-                on_ready()
-
-            layer_todo: dict[str, int] = {}
-            layer_tasks: dict[str, object] = {}
-
-            def on_layers(todo: dict[str, int]) -> None:
-                layer_todo.update(todo)
-
-            def on_saved(label: str, saved: int) -> None:
-                progress.update(task, advance=saved, description=f"{spec.slug} {label}")
-                layer = label.split(" ")[0]  # a render batch's label: "{layer} {objective}"
-                if saved and layer in layer_todo:  # a row per layer, with its own rate and time remaining
-                    if layer not in layer_tasks:
-                        layer_tasks[layer] = progress.add_task(f"  {layer}", total=layer_todo[layer])
-                    progress.update(layer_tasks[layer], advance=saved)
-
-            def on_report(current: str) -> None:
-                progress.update(task, description=f"{spec.slug} {current}")
-
-            def on_wait() -> None:
-                progress.console.print(f"waiting for another atlascope precompute writing to {atlas}…")
-
-            made = job.run(request, on_plan, on_saved, on_wait, on_report, on_layers)
+        with _atlas_failures(atlas), reporter(err, spec.slug, counted, verb, request.device, atlas,
+                                              on_ready) as report:
+            made = job.run(request, **report.callbacks())
     except KeyboardInterrupt:
         raise fail("interrupted; finished work is saved. Run the same command again to resume.", 130) from None
     except WeightsError as exc:
@@ -604,6 +575,8 @@ def serve(
 # `atlascope index --atlas DIR`: the search index for an atlas made before search existed (torch-free; every
 # precompute also indexes what it wrote, as its last stage)
 app.command("index")(search_index.main)
+# `atlascope export static|parquet DIR`: the atlas as a static site or as Parquet tables (torch-free; server/export/)
+app.command("export")(export_command.main)
 
 # The demo's models in the order they are filled: the language organisms first (a few minutes each, with their quote
 # circuits), then TinyVision's feature visualisations, which take the longest.

@@ -97,7 +97,9 @@ def stages(request: Request, job: Job) -> list[Stage]:
 @dataclass
 class Progress:
     """What the run is doing, kept in its ``runs.progress`` for a server showing a job that fills the atlas. Counts
-    are over all its stages, in what they count: images for a vision model, units for a language model."""
+    are over all its stages, in what they count: images for a vision model, units for a language model; and, for the
+    stage at work, its items (render batches, layers, tasks), so that a stage that counts nothing (a language model's
+    circuits, minutes of pruning after every unit is measured) still shows how far it is."""
 
     stage: str  # the stage at work ("stats", "examples", "weights", "layer views", "render"; "contexts", "weights",
     # "search index", "circuits"; "search index" last for a vision model), then "done"
@@ -105,7 +107,11 @@ class Progress:
     kept: int  # of them already in the atlas, intact
     todo: int  # of them to make: planned - kept
     done: int = 0  # of them saved so far
-    current: str | None = None  # what is being worked on, e.g. "conv2 neuron", "0.mlp.post_act"
+    current: str | None = None  # what is being worked on, e.g. "conv2 neuron", "0.mlp.post_act", or the stage's
+    # words between saves ("circuit single_double_quote: sweep of 8, training, step 120/2000, loss ..., kept ... nodes")
+    stage_items: int = 0  # the stage's items to make
+    stage_done: int = 0  # of them saved so far
+    counted: bool = True  # whether the stage's items add to ``done`` (False: it counts nothing, e.g. circuits)
 
 
 def _ensure_model(session: Session, spec: ModelSpec, force: bool = False) -> Model:
@@ -199,9 +205,11 @@ def register(spec: ModelSpec, atlas: Path, wait: bool = True, on_wait: Callable[
 def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, todo: None,
         on_saved: Callable[[str, int], None] = lambda label, saved: None,
         on_wait: Callable[[], None] = lambda: None, on_report: Callable[[str], None] = lambda current: None,
-        on_layers: Callable[[dict[str, int]], None] = lambda todo: None) -> int:
+        on_layers: Callable[[dict[str, int]], None] = lambda todo: None,
+        on_stage: Callable[[str, int, bool], None] = lambda name, items, counted: None) -> int:
     """Do the request; returns the number of counted things (images, units) this run saved. ``on_plan(total, todo)``
-    gets the counts once the writer lock is held, ``on_saved(label, saved)`` follows every saved item,
+    gets the counts once the writer lock is held, ``on_stage(name, items, counted)`` the start of each stage with
+    work (its items, and whether they add to the counts), ``on_saved(label, saved)`` follows every saved item,
     ``on_report(current)`` every word a stage gives between saves, ``on_wait()`` says that another writer holds the
     atlas and this run waits for it, ``on_layers(todo)`` gives the counted things to make per layer (vision: the
     feature visualisations), right after ``on_plan``."""
@@ -233,12 +241,15 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
             if not plan.items:
                 continue
             progress.stage, progress.current = stage.name, plan.items[0].label
+            progress.stage_items, progress.stage_done, progress.counted = len(plan.items), 0, plan.planned > 0
             with atlas.sessions.begin() as session:
                 commit_progress(session)
+            on_stage(stage.name, len(plan.items), progress.counted)
             for position, (item, result) in enumerate(stage.run(plan.items)):
                 with atlas.batch() as session:
                     saved = stage.save(session, item, result)
                     progress.done += saved
+                    progress.stage_done += 1
                     progress.current = plan.items[position + 1].label if position + 1 < len(plan.items) else None
                     commit_progress(session)
                 on_saved(item.label, saved)

@@ -376,15 +376,23 @@ class Search:
         """Evaluate every (setting, k) not yet on its curve."""
         todo = list(dict.fromkeys((id(p), k) for p, k in wanted if k not in p.curve))
         by_id = {id(p): p for p, _ in wanted}
-        for start in range(0, len(todo), self.max_copies):
-            chunk = todo[start:start + self.max_copies]
-            gates = torch.stack([self.nodes.top_flat(by_id[pid].order, k) for pid, k in chunk])  # [C, total]
-            with torch.no_grad(), gated(self.points, self.nodes.split(gates.to(_device(self.means))), self.means):
+        gates = [self.nodes.top_flat(by_id[pid].order, k) for pid, k in todo]
+        for (pid, k), (loss, calibration) in zip(todo, self.losses(gates), strict=True):
+            by_id[pid].calibrations[k] = calibration
+            by_id[pid].curve[k] = loss
+
+    def losses(self, gates: Sequence[torch.Tensor]) -> list[tuple[float, Calibration]]:
+        """The calibrated task loss of each mask (a [total] 0/1 gate) on the pruning prompts, with its calibration
+        fitted on them as every k's is: ``max_copies`` masks per forward pass."""
+        out = []
+        for start in range(0, len(gates), self.max_copies):
+            chunk = torch.stack(list(gates[start:start + self.max_copies]))  # [C, total]
+            with torch.no_grad(), gated(self.points, self.nodes.split(chunk.to(_device(self.means))), self.means):
                 margins = self.objective.search(len(chunk)).cpu()  # [C, N]
-            for (pid, k), row in zip(chunk, margins, strict=True):
+            for row in margins:
                 calibration = calibrate(row, self.objective.signs, self.config.calibration_steps)
-                by_id[pid].calibrations[k] = calibration
-                by_id[pid].curve[k] = float(task_losses(calibration.apply(row, self.objective.signs)).mean())
+                out.append((float(task_losses(calibration.apply(row, self.objective.signs)).mean()), calibration))
+        return out
 
 
 def prune(nodes: Nodes, points: Mapping[str, nn.Module], means: Mapping[str, torch.Tensor], objective: Objective,

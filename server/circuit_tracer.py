@@ -19,17 +19,26 @@ every position, so the mapping is:
 
 A circuit pruning did not find (no k met the target) exports no nodes but the two logits, and ``metadata.info``
 says ``met: false``: the best k reached is not a circuit.
+
+``?k=`` exports the circuit at another k its page offers (``server.pages.circuit_views``). The page keeps the
+reader's view in its URL in this format's terms (``pinnedIds``, ``supernodes``, ``clerps``, naming nodes by their
+``node_id``, which the page's twin gives each node as ``tracer_id``); given them, the export writes them into its
+``qParams`` instead of pinning the whole circuit, so a view the reader made carries over to other tools.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from server.circuit_wiring import Node, is_met, read_wiring
-from server.pages.common import find_circuit, find_model
+from server.circuit_wiring import Node, Wiring, is_met, wiring_at
+from server.errors import BadRequest
+from server.pages.circuit_views import chosen_k
+from server.pages.common import echo, find_circuit, find_model
 from server.twins import Twin
 from server.urls import circuit_url
 from store.keys import CircuitKey
@@ -52,8 +61,10 @@ class TracerMetadata(Twin):
 
 
 class TracerQParams(Twin):
-    pinnedIds: list[str] = Field(description="The kept nodes and the logits: the whole circuit.")
-    supernodes: list[list[str]]
+    pinnedIds: list[str] = Field(description="The page's pinned nodes (`?pinnedIds=`); without them, the kept nodes "
+                                             "and the logits: the whole circuit.")
+    supernodes: list[list[str]] = Field(description="The page's groups (`?supernodes=`): `[name, node_id, ...]`.")
+    clerps: list[list[str]] = Field(description="The page's own labels (`?clerps=`): `[node_id, label]`.")
     linkType: str
     clickedId: str
     sg_pos: str
@@ -90,18 +101,34 @@ class TracerGraph(Twin):
     links: list[TracerLink]
 
 
-def tracer_graph(session: Session, slug: str, task: str) -> dict[str, Any]:
+def first_prompt(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The held-out example the graph's metadata and positions are of."""
+    return examples[0] if examples else {"tokens": [], "correct": None, "full": None}
+
+
+def tracer_ids(wiring: Wiring, examples: list[dict[str, Any]]) -> tuple[dict[tuple[str, int], str], dict[str, str]]:
+    """Each unit node's and each candidate logit's ``node_id`` (the page's URL state names nodes by it too)."""
+    position = max(len(first_prompt(examples)["tokens"]) - 1, 0)
+    return ({(node.layer, node.index): node_id(node_layer(node), node.index, position)
+             for node in wiring.embeddings + wiring.nodes},
+            {token: node_id(str(wiring.logit_column), place, position) for place, token in enumerate(wiring.candidates)})
+
+
+def tracer_graph(session: Session, slug: str, task: str, k: str | None = None,
+                 raw_state: tuple[str | None, str | None, str | None] = (None, None, None)) -> dict[str, Any]:
+    """The circuit at k (``?k=``; the circuit's own k without it), with the page's URL state (``pinnedIds``,
+    ``supernodes``, ``clerps``, as given: ``view_state`` reads them once the circuit is found, so a missing circuit
+    is a 404 whatever they hold) as its ``qParams`` when given."""
     model = find_model(session, slug)
     circuit = find_circuit(session, model, task)
     found = is_met(circuit)
-    wiring = read_wiring(session, circuit, found)
+    shown = chosen_k(circuit, found, k)
+    state = view_state(*raw_state)
+    wiring = wiring_at(session, circuit, found, shown)[0]
     examples = (circuit.params or {}).get(CircuitKey.EXAMPLES) or []
-    prompt = examples[0] if examples else {"tokens": [], "correct": None, "full": None}
+    prompt = first_prompt(examples)
     position = max(len(prompt["tokens"]) - 1, 0)
-    ids = {(node.layer, node.index): node_id(node_layer(node), node.index, position)
-           for node in wiring.embeddings + wiring.nodes}
-    logit_ids = {token: node_id(str(wiring.logit_column), place, position)
-                 for place, token in enumerate(wiring.candidates)}
+    ids, logit_ids = tracer_ids(wiring, examples)
     return {
         "metadata": {"slug": f"{model.slug}-{circuit.slug}", "scan": model.slug, "prompt": "".join(prompt["tokens"]),
                      "prompt_tokens": prompt["tokens"], "transcoder_list": [], "node_threshold": None,
@@ -109,9 +136,9 @@ def tracer_graph(session: Session, slug: str, task: str) -> dict[str, Any]:
                      "info": {"source": "atlascope", "url": circuit_url(model.slug, circuit.slug), "task": circuit.task,
                               "target_loss": circuit.target_loss, "loss": circuit.loss, "met": found,
                               "n_nodes": circuit.n_nodes if found else 0,
-                              "n_edges": circuit.n_edges if found else 0}},
-        "qParams": {"pinnedIds": [ids[node.layer, node.index] for node in wiring.nodes] + list(logit_ids.values()),
-                    "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+                              "n_edges": circuit.n_edges if found else 0, "k": shown}},
+        "qParams": q_params(state, [ids[node.layer, node.index] for node in wiring.nodes] + list(logit_ids.values()),
+                            set(ids.values()) | set(logit_ids.values())),
         "nodes": ([unit_node(node, position) for node in wiring.embeddings + wiring.nodes]
                   + [logit_node(str(wiring.logit_column), place, token, position, prompt)
                      for place, token in enumerate(wiring.candidates)]),
@@ -122,6 +149,54 @@ def tracer_graph(session: Session, slug: str, task: str) -> dict[str, Any]:
                   + [{"source": ids[read["layer"], read["index"]], "target": logit_ids[read["token"]],
                       "weight": read["weight"]} for read in wiring.logits]),
     }
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """The circuit page's view as its URL holds it, in circuit-tracer's ``qParams`` terms: pinned ``node_id``s, named
+    groups of them (supernodes) and labels the reader gave nodes (clerps)."""
+
+    pinned: list[str]
+    supernodes: list[list[str]]
+    clerps: list[list[str]]
+
+
+def view_state(pinned: str | None, supernodes: str | None, clerps: str | None) -> ViewState | None:
+    """The state from the URL's ``pinnedIds`` (comma-separated ``node_id``s), ``supernodes`` (JSON: ``[[name,
+    node_id, ...], ...]``) and ``clerps`` (JSON: ``[[node_id, label], ...]``); None when none is given. A value that
+    is not of that shape is a 400 naming the parameter."""
+    if pinned is None and supernodes is None and clerps is None:
+        return None
+    return ViewState([p for p in (pinned or "").split(",") if p], _lists("supernodes", supernodes, 1),
+                     _lists("clerps", clerps, 2))
+
+
+def _lists(name: str, raw: str | None, length: int) -> list[list[str]]:
+    """A JSON list of lists of strings, each of at least (supernodes) or exactly (clerps) ``length`` strings."""
+    if raw is None or not raw.strip():
+        return []
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        found = None
+    shape = "[[name, node_id, ...], ...]" if length == 1 else "[[node_id, label], ...]"
+    if not isinstance(found, list) or not all(
+            isinstance(item, list) and all(isinstance(x, str) for x in item)
+            and (len(item) >= length if length == 1 else len(item) == length) for item in found):
+        raise BadRequest(f"{name} {echo(raw)} is not a JSON list of the form {shape}")
+    return found
+
+
+def q_params(state: ViewState | None, pinned_by_default: list[str], known: set[str]) -> dict[str, Any]:
+    """circuit-tracer's ``qParams``: the page's state, with what names no node of the graph at this k left out
+    (a group left empty goes too); without a state, the whole circuit pinned."""
+    view = {"linkType": "both", "clickedId": "", "sg_pos": ""}
+    if state is None:
+        return {"pinnedIds": pinned_by_default, "supernodes": [], "clerps": [], **view}
+    groups = ([name, *(member for member in members if member in known)] for name, *members in state.supernodes)
+    return {"pinnedIds": [node for node in state.pinned if node in known],
+            "supernodes": [group for group in groups if len(group) > 1],
+            "clerps": [[node, label] for node, label in state.clerps if node in known], **view}
 
 
 def node_layer(node: Node) -> str:

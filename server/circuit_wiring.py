@@ -10,6 +10,9 @@ The store keeps a circuit's nodes (``circuit_nodes``) and the nonzero weights be
 - logit links: the two candidates' unembedding rows read the kept write channels (``CircuitKey.LOGITS``; a read of
   a channel the circuit does not keep would point at no node, and is left out).
 
+A circuit whose stored order the job kept (``store.circuit_views``) is read at any k from it instead
+(``read_wiring_at``): its first k nodes, and the weights whose later end is among them.
+
 Columns order the graph: the embeddings first, then each block's node layers in ``CIRCUIT_NODE_KINDS`` order, then the
 candidates' logits.
 """
@@ -19,11 +22,13 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from store.circuit_views import Probe, order_edges, order_rows, probes
 from store.keys import CIRCUIT_NODE_KINDS, CircuitKey, LayerKind, Stat
 from store.schema import Circuit, CircuitNode, Edge, Layer, Unit
 
@@ -46,6 +51,18 @@ EDGES = (select(Edge.src_unit_id, Edge.dst_unit_id, Edge.weight).where(Edge.circ
          .order_by(func.abs(Edge.weight).desc(), Edge.src_unit_id, Edge.dst_unit_id))
 UNITS = (select(Unit.id, Layer.name, Unit.index).join(Layer, Layer.id == Unit.layer_id)
          .where(Unit.id.in_(bindparam("units", expanding=True))))
+# The circuit at k from its stored order: the first k nodes, and the weights whose later end is among them
+NODES_AT = (select(order_rows.c.rank, order_rows.c.tau, Unit.id, Unit.index, BRIEF, Layer.name, Layer.kind)
+            .join(Unit, Unit.id == order_rows.c.unit_id).join(Layer, Layer.id == Unit.layer_id)
+            .where(order_rows.c.circuit_id == bindparam("circuit"), order_rows.c.rank < bindparam("k")))
+MOST_LISTED_EDGES = 20_000  # the strongest weights a view at k lists; past them it counts (a dense model's at a large k)
+EDGES_AT = (select(order_edges.c.src_rank, order_edges.c.dst_rank, order_edges.c.weight)
+            .where(order_edges.c.circuit_id == bindparam("circuit"), order_edges.c.appears < bindparam("k"))
+            .order_by(func.abs(order_edges.c.weight).desc(), order_edges.c.src_rank, order_edges.c.dst_rank)
+            .limit(MOST_LISTED_EDGES))
+EDGES_COUNTED = select(func.sum(order_rows.c.edges_in)).where(order_rows.c.circuit_id == bindparam("circuit"),
+                                                              order_rows.c.rank < bindparam("k"))
+PROBE = select(probes.c.value).where(probes.c.circuit_id == bindparam("circuit"), probes.c.name == bindparam("name"))
 BLOCKS = select(func.count()).select_from(Layer).where(Layer.model_id == bindparam("model"),
                                                         Layer.kind == LayerKind.RESID_PRE)
 
@@ -61,6 +78,7 @@ class Node:
     density: float | None = None  # the unit's statistics a brief shows; null (and no top tokens) until measured
     max: float | None = None
     top_tokens: tuple[str, ...] = ()
+    rank: int | None = None  # its place in the circuit's stored order (store.circuit_views), when read from it
 
     @property
     def measured(self) -> bool:
@@ -78,6 +96,7 @@ class Wiring:
     logit_column: int
 
 
+@lru_cache(maxsize=4096)
 def column(layer: str) -> int:
     """A node layer's column: 1 + its block's offset + its kind's place in the block (the embeddings are 0)."""
     block, _, kind = layer.partition(".")
@@ -100,14 +119,41 @@ def is_met(circuit: Circuit) -> bool:
 def read_wiring(session: Session, circuit: Circuit, found: bool = True) -> Wiring:
     """The circuit's nodes, edges and links; none for a circuit that was not found (``found=False``), which an early
     atlas may still store the nodes of: they were the best k reached, not a circuit, and are never shown as one."""
-    columns: dict[str, int] = {}
-    nodes = []
     rows = session.execute(NODES, {"circuit": circuit.id}) if found else ()
-    for tau, unit_id, index, extracted, layer, kind in rows:
-        if layer not in columns:
-            columns[layer] = column(layer)
-        nodes.append(Node(unit_id, layer, kind, index, columns[layer], tau, *brief_values(extracted)))
-    nodes.sort(key=lambda node: (node.column, node.index))
+    nodes = [Node(unit_id, layer, kind, index, column(layer), tau, *brief_values(extracted))
+             for tau, unit_id, index, extracted, layer, kind in rows]
+    edges = read_edges(session, circuit, nodes) if found else []
+    return assemble(session, circuit, nodes, edges, (circuit.params or {}).get(CircuitKey.LOGITS) or [])
+
+
+def wiring_at(session: Session, circuit: Circuit, found: bool, k: int | None) -> tuple[Wiring, int]:
+    """The circuit at k and its edge count: from its stored order when the job kept one, else (an atlas from before
+    stored orders, which has the circuit's own k only) from its nodes and edges."""
+    if found and k is not None and (circuit.params or {}).get(CircuitKey.VIEWS):
+        return read_wiring_at(session, circuit, k)
+    return read_wiring(session, circuit, found), circuit.n_edges if found else 0
+
+
+def read_wiring_at(session: Session, circuit: Circuit, k: int) -> tuple[Wiring, int]:
+    """The circuit at k, the first k nodes of its stored order (``store.circuit_views``), and its edge count: the
+    weights with ``appears < k``, all of them when k is within the order's ``listed_k`` (the strongest
+    ``MOST_LISTED_EDGES``, when there are more), and counted in any case."""
+    nodes = [Node(unit_id, layer, kind, index, column(layer), tau, *brief_values(extracted), rank=rank)
+             for rank, tau, unit_id, index, extracted, layer, kind in session.execute(
+                 NODES_AT, {"circuit": circuit.id, "k": k})]
+    by_rank = {node.rank: node for node in nodes}
+    edges = [(by_rank[src].layer, by_rank[src].index, by_rank[dst].layer, by_rank[dst].index, weight)
+             for src, dst, weight in session.connection().execute(EDGES_AT, {"circuit": circuit.id, "k": k})]
+    n_edges = session.scalar(EDGES_COUNTED, {"circuit": circuit.id, "k": k}) or 0
+    reads = session.scalar(PROBE, {"circuit": circuit.id, "name": Probe.LOGITS}) or []
+    return assemble(session, circuit, nodes, edges, reads), int(n_edges)
+
+
+def assemble(session: Session, circuit: Circuit, nodes: list[Node], edges: list[tuple[str, int, str, int, float]],
+             reads: list[dict[str, Any]]) -> Wiring:
+    """A circuit's wiring from its kept nodes and edges: nodes in forward order, the embedding channels and residual
+    links they imply, and the candidates' reads of the kept write channels among ``reads``."""
+    nodes = sorted(nodes, key=lambda node: (node.column, node.index))
     channels = sorted({node.index for node in nodes if node.kind in READ_KINDS})
     read = session.execute(EMBEDDINGS, {"model": circuit.model_id, "channels": channels}) if channels else ()
     embeddings = [Node(unit_id, EMBEDDING_LAYER, LayerKind.RESID_PRE, index, 0, None, *brief_values(extracted))
@@ -116,9 +162,8 @@ def read_wiring(session: Session, circuit: Circuit, found: bool = True) -> Wirin
     params = circuit.params or {}
     kept = {(node.layer, node.index) for node in nodes}
     logits = [{key: read[key] for key in ("layer", "index", "token", "weight")}
-              for read in params.get(CircuitKey.LOGITS) or [] if (read["layer"], read["index"]) in kept]
+              for read in reads if (read["layer"], read["index"]) in kept]
     n_blocks = session.scalar(BLOCKS, {"model": circuit.model_id})
-    edges = read_edges(session, circuit, nodes) if found else []
     return Wiring(nodes, embeddings, edges, residual_links(nodes, embeddings), logits,
                   candidates(logits, params.get(CircuitKey.EXAMPLES) or []),
                   1 + n_blocks * len(CIRCUIT_NODE_KINDS))

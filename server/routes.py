@@ -40,7 +40,7 @@ from server.pages.model import model_page
 from server.pages.search import MAX_QUERY, QUERY_PATTERN, search_jump, search_page
 from server.pages.tasks import task_page, tasks_page
 from server.pages.unit import unit_page
-from server.templating import render_page
+from server.templating import EMBED_VALUES, embed_flag, render_page
 from server.twins import (
     CircuitPage, ErrorBody, Health, IndexPage, LayerPage, ModelPage, SearchPage, TaskPage, TasksPage, Twin, UnitPage,
 )
@@ -77,6 +77,8 @@ def json_errors(descriptions: dict[int, str]) -> dict[int, dict[str, Any]]:
 ERRORS, JSON_ERRORS = html_errors(ERROR_DESCRIPTIONS), json_errors(ERROR_DESCRIPTIONS)
 LAYER_ERRORS = html_errors({**BAD_QUERY, **ERROR_DESCRIPTIONS})
 LAYER_JSON_ERRORS = json_errors({**BAD_QUERY, **ERROR_DESCRIPTIONS})
+EMBED_ERRORS = html_errors({400: "An `?embed=` other than `1`, `true`, `0` or `false`: the message says so.",
+                            **ERROR_DESCRIPTIONS})
 PageQuery = Query("1", description="Page of the layer's grid, from 1.")
 KindQuery = Query(DEFAULT_KIND, description="Image kind the grid shows: `channel`, `neuron`, ...")
 SortQuery = Query(DEFAULT_SORT, description="What the units are sorted by: `index`; for a language model's layer "
@@ -100,6 +102,10 @@ SearchQuery = Query(None, description=(
     "), or words in units' top contexts (a phrase). Without it, the page offers the search box."),
     json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY, "pattern": QUERY_PATTERN})
 SearchPageQuery = Query("1", description="Page of the results, from 1.")
+EmbedQuery = Query(None, description="`1` (or `true`): the page for an iframe, without the site's header, navigation "
+                                     "and footer: a unit's contexts or pictures, a circuit's graph. `0` or `false`: "
+                                     "the whole page; anything else is a 400.",
+                   json_schema_extra={"enum": list(EMBED_VALUES)})
 SEARCH_JUMP = {303: {"description": "HTML only: the query names exactly one unit; its page, in `Location`.",
                      "headers": {"Location": {"description": "The unit's URL.", "schema": {"type": "string"}}}}}
 JUMP = {303: {"description": "`?unit=N`: see the unit's page, in `Location`.",
@@ -116,8 +122,9 @@ async def in_executor(request: Request, work: Callable[[], Any]) -> Any:
 
 
 async def twin_response(request: Request, builder: Callable[..., dict], twin: type[Twin], *args: Any,
-                        template: str | None = None) -> Response:
-    """Build a page in the executor, validate it against its twin model, and send it as JSON or render it as HTML."""
+                        template: str | None = None, embed: bool | None = None) -> Response:
+    """Build a page in the executor, validate it against its twin model, and send it as JSON or render it as HTML
+    (``embed``: ``server.templating.render_page``'s)."""
     atlas, writer_active = request.app.state.atlas, request.app.state.watch.writer_active()
     check = request.app.state.check
 
@@ -127,7 +134,7 @@ async def twin_response(request: Request, builder: Callable[..., dict], twin: ty
             page = twin.model_validate(builder(session, *args, writer_active=writer_active))
         if template is None:
             return Response(page.model_dump_json(), media_type="application/json")
-        return render_page(request, template, page.model_dump(mode="json"))
+        return render_page(request, template, page.model_dump(mode="json"), embed=embed)
 
     response = await in_executor(request, work)
     mark_cacheable(request)
@@ -274,7 +281,16 @@ async def layer_html(request: Request, model: str, layer: str, page: str = PageQ
                                 template="layer.html")
 
 
-async def circuit_response(request: Request, model: str, task: str, template: str | None = None) -> Response:
+KQuery = Query(None, description="Show the circuit at this k (the first k nodes of the order pruning learned): one of "
+                                 "the k's the page offers (`view.choices`), else a 404 naming them; without it, the "
+                                 "circuit's own k.")
+PinnedQuery = Query(None, description="circuit-tracer's `pinnedIds`: pinned `node_id`s, comma-separated.")
+SupernodesQuery = Query(None, description="circuit-tracer's `supernodes`: JSON `[[name, node_id, ...], ...]`.")
+ClerpsQuery = Query(None, description="Labels given to nodes: JSON `[[node_id, label], ...]`.")
+
+
+async def circuit_response(request: Request, model: str, task: str, template: str | None = None,
+                           embed: bool | None = None, k: str | None = None) -> Response:
     """A model's circuit for a task, unless ``task`` is a number and the model has a layer named ``circuits``: then
     it is that layer's unit, whose URL this one shadows."""
     if unit_number(task) is not None:
@@ -287,8 +303,8 @@ async def circuit_response(request: Request, model: str, task: str, template: st
         if await in_executor(request, shadowed):
             per_page = request.app.state.settings.per_page
             return await twin_response(request, unit_page, UnitPage, model, "circuits", task, per_page,
-                                       template="unit.html" if template else None)
-    return await twin_response(request, circuit_page, CircuitPage, model, task, template=template)
+                                       template="unit.html" if template else None, embed=embed)
+    return await twin_response(request, circuit_page, CircuitPage, model, task, k, template=template, embed=embed)
 
 
 CIRCUIT_SUMMARY = "A task circuit of a language model: its graph, loss curve, faithfulness and examples"
@@ -296,15 +312,20 @@ CIRCUIT_SUMMARY = "A task circuit of a language model: its graph, loss curve, fa
 
 @router.get("/models/{model}/circuits/{task}/graph.json", tags=["json"],
             summary="A task circuit as circuit-tracer's graph JSON", response_model=TracerGraph,
-            responses={**NOT_MODIFIED, **JSON_ERRORS})
-async def circuit_graph_json(request: Request, model: str, task: str) -> Response:
+            responses={**NOT_MODIFIED, **json_errors({400: "A `supernodes` or `clerps` that is not the JSON list its "
+                                                           "description shows: the message says which.",
+                                                      **ERROR_DESCRIPTIONS})})
+async def circuit_graph_json(request: Request, model: str, task: str, k: str | None = KQuery,
+                             pinnedIds: str | None = PinnedQuery, supernodes: str | None = SupernodesQuery,  # noqa: N803
+                             clerps: str | None = ClerpsQuery) -> Response:
     """The format of github safety-research/circuit-tracer, which Neuronpedia's graph viewer reads; see
-    `server/circuit_tracer.py` for how a pruned circuit maps onto it."""
+    `server/circuit_tracer.py` for how a pruned circuit maps onto it. The circuit page's view (its `k`, pins,
+    groups and labels) carries over as the same query parameters."""
     atlas = request.app.state.atlas
 
     def work() -> Response:
         with atlas.sessions() as session:
-            graph = TracerGraph.model_validate(tracer_graph(session, model, task))
+            graph = TracerGraph.model_validate(tracer_graph(session, model, task, k, (pinnedIds, supernodes, clerps)))
         return Response(graph.model_dump_json(), media_type="application/json")
 
     response = await in_executor(request, work)
@@ -314,16 +335,17 @@ async def circuit_graph_json(request: Request, model: str, task: str) -> Respons
 
 @router.get("/models/{model}/circuits/{task}.json", tags=["json"], summary=CIRCUIT_SUMMARY,
             response_model=CircuitPage, responses={**NOT_MODIFIED, **JSON_ERRORS})
-async def circuit_json(request: Request, model: str, task: str) -> Response:
+async def circuit_json(request: Request, model: str, task: str, k: str | None = KQuery) -> Response:
     """In a model with a layer named `circuits`, a number here is that layer's unit (its twin)."""
-    return await circuit_response(request, model, task)
+    return await circuit_response(request, model, task, k=k)
 
 
 @router.get("/models/{model}/circuits/{task}", response_class=HTMLResponse, tags=["html"], summary=CIRCUIT_SUMMARY,
-            responses={**NOT_MODIFIED, **ERRORS})
-async def circuit_html(request: Request, model: str, task: str) -> Response:
+            responses={**NOT_MODIFIED, **EMBED_ERRORS})
+async def circuit_html(request: Request, model: str, task: str, embed: str | None = EmbedQuery,
+                       k: str | None = KQuery) -> Response:
     """In a model with a layer named `circuits`, a number here is that layer's unit."""
-    return await circuit_response(request, model, task, template="circuit.html")
+    return await circuit_response(request, model, task, template="circuit.html", embed=embed_flag(embed), k=k)
 
 
 @router.get("/models/{model}/{layer}/{unit}.json", tags=["json"], summary="A unit: images, stats, neighbours",
@@ -337,13 +359,14 @@ async def unit_json(request: Request, model: str, layer: str, unit: str) -> Resp
 
 
 @router.get("/models/{model}/{layer}/{unit}", response_class=HTMLResponse, tags=["html"],
-            summary="A unit: images, stats, neighbours", responses={**MOVED, **NOT_MODIFIED, **ERRORS})
-async def unit_html(request: Request, model: str, layer: str, unit: str) -> Response:
+            summary="A unit: images, stats, neighbours", responses={**MOVED, **NOT_MODIFIED, **EMBED_ERRORS})
+async def unit_html(request: Request, model: str, layer: str, unit: str, embed: str | None = EmbedQuery) -> Response:
     moved = await microscope_redirect(request, model, layer, unit, twin=False)
     if moved is not None:
         return moved
     per_page = request.app.state.settings.per_page
-    return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page, template="unit.html")
+    return await twin_response(request, unit_page, UnitPage, model, layer, unit, per_page, template="unit.html",
+                               embed=embed_flag(embed))
 
 
 @router.get("/assets/{name}", tags=["assets"], summary="A blob by sha256, optionally with an extension",

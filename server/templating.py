@@ -111,11 +111,34 @@ templates.env.globals["CardKey"] = CardKey  # language-model card sections, by t
 templates.env.globals.update(ModelKind=ModelKind, ExampleKind=ExampleKind, EdgeKind=EdgeKind)
 
 
+# ``?embed=`` on the pages that have an embed view (unit and circuit pages): its values, and whether each asks for it
+EMBED_VALUES = {"1": True, "true": True, "0": False, "false": False}
+
+
+def embed_flag(value: str | None) -> bool:
+    """``?embed=1`` (or ``true``, Neuronpedia's spelling): the page for an iframe; absent, ``0`` or ``false``: the
+    whole page. Anything else is a 400 that says which values there are."""
+    if value is None:
+        return False
+    if value not in EMBED_VALUES:
+        from server.errors import BadRequest  # server.errors renders its pages with this module
+        from server.pages.common import echo
+
+        raise BadRequest(f"embed {echo(value)} is neither 1 (or true: the page alone, for an iframe) nor 0 (or false)")
+    return EMBED_VALUES[value]
+
+
 def render_page(
-    request: Request, name: str, page: dict[str, Any], status_code: int = 200, **kwargs: Any
+    request: Request, name: str, page: dict[str, Any], status_code: int = 200, embed: bool | None = None,
+    **kwargs: Any
 ) -> HTMLResponse:
-    """Render a page from the same dict its JSON twin returns, advertising the twin in a ``Link`` header."""
-    response = templates.TemplateResponse(request, name, {"page": page}, status_code=status_code, **kwargs)
+    """Render a page from the same dict its JSON twin returns, advertising the twin in a ``Link`` header.
+
+    ``embed`` is the one flag of embeds, read by ``base.html``: None for a page without an embed view; False for the
+    whole page of one that has it, which then offers its ``<iframe>`` snippet; True for its embed view: the page's
+    ``embed`` block alone, without header, navigation or footer, its links opening outside the frame."""
+    response = templates.TemplateResponse(request, name, {"page": page, "embed": embed}, status_code=status_code,
+                                          **kwargs)
     if "json_url" in page:
         response.headers["Link"] = f'<{page["json_url"]}>; rel="alternate"; type="application/json"'
     return response

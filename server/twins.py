@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, with_config
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag, with_config
 from typing_extensions import TypedDict  # pydantic reads typing's own only from Python 3.12
 
 
@@ -20,6 +20,20 @@ class Twin(BaseModel):
 UNTRAINED = ("Whether the model's weights are seeded random ones (`atlascope precompute --random-weights`; its card's "
              "`weights.random`): its pictures show the architecture's biases, not learned features, and every page of "
              "it says so in a banner.")
+
+
+def model_kind(page: Any) -> str:
+    """The kind of the model a page is about (``model.kind``): which of a page's two shapes it has."""
+    model = page["model"] if isinstance(page, dict) else page.model
+    return model["kind"] if isinstance(model, dict) else model.kind
+
+
+def by_model_kind(vision: type[Twin], language: type[Twin]) -> Any:
+    """The type of a page whose fields depend on its model's kind: ``vision`` or ``language``, told apart by
+    ``model.kind``, so each kind's twin carries only its own fields (a language layer has no image kinds or
+    thumbnails, a vision unit no circuits or token contexts)."""
+    return Annotated[Annotated[vision, Tag("vision")] | Annotated[language, Tag("language")],
+                     Discriminator(model_kind)]
 
 
 class Linked(Twin):
@@ -66,17 +80,28 @@ class UnitImage(Asset):
 
 
 class Progress(Twin):
-    """A precompute run's progress, counted in images; updated with every batch the job commits."""
+    """A precompute run's progress, counted in images (vision) or units (language); updated with every item the job
+    commits, and with a stage's words between items."""
 
     model_config = ConfigDict(extra="allow")
     state: Literal["running", "interrupted", "finished"] = Field(
         description="`running` while a job holds the atlas's writer lock, `interrupted` if it stopped unfinished.")
-    stage: str | None = Field(default=None, description="`stats`, `render` or `done`.")
-    planned: int | None = Field(default=None, description="Images the run asked for.")
+    stage: str | None = Field(default=None, description=(
+        "The stage at work: vision `stats`, `examples`, `weights`, `layer views`, `render`; language `contexts`, "
+        "`weights`, `circuits`; then `search index`; `done` at the end."))
+    planned: int | None = Field(default=None, description="Images (units) the run asked for.")
     kept: int | None = Field(default=None, description="Of those, already in the atlas when it started.")
-    todo: int | None = Field(default=None, description="Images it set out to render.")
-    done: int | None = Field(default=None, description="Images it has rendered and committed so far.")
-    current: str | None = Field(default=None, description="What it is rendering now, e.g. `conv2 neuron`.")
+    todo: int | None = Field(default=None, description="Images (units) it set out to make.")
+    done: int | None = Field(default=None, description="Images (units) it has made and committed so far.")
+    current: str | None = Field(default=None, description=(
+        "What it works on now, e.g. `conv2 neuron`, `0.mlp.post_act`, or the stage's latest words: the contexts "
+        "pass's tokens, or pruning's sweep step, loss, kept nodes and k search."))
+    stage_items: int | None = Field(default=None, description="The stage's items to make (render batches, layers, "
+                                                               "tasks).")
+    stage_done: int | None = Field(default=None, description="Of them, committed so far.")
+    counted: bool | None = Field(default=None, description=(
+        "Whether the stage's items add to `done`; false for a stage that counts nothing (`circuits`): its "
+        "`stage_items` say how far it is. Null in runs older than these fields."))
 
 
 class IndexModel(ModelRef):
@@ -165,14 +190,28 @@ class Dataset(Twin):
     run: int = Field(description="The run (`runs[].id`) it comes from.")
 
 
-class ModelPage(Linked):
+class ModelPageCommon(Linked):
     model: ModelInfo
     untrained: bool = Field(description=UNTRAINED)
-    dataset: Dataset | None = Field(description="Vision: the dataset of the latest run that ranked examples; null "
-                                                "before one did, and for language models.")
     layers: list[LayerSummary] = Field(description="In forward order.")
     runs: list[RunInfo] = Field(description="Precompute runs, oldest first: provenance of what the atlas holds.")
-    circuits: list[CircuitSummary] = Field(description="The model's task circuits, by task (language models).")
+
+
+class VisionModelPage(ModelPageCommon):
+    """A vision model's page: its card, layers, runs and the dataset its units' examples come from."""
+
+    dataset: Dataset | None = Field(description="The dataset of the latest run that ranked examples; null before "
+                                                "one did.")
+
+
+class LanguageModelPage(ModelPageCommon):
+    """A language model's page: its card, layers, runs and task circuits."""
+
+    circuits: list[CircuitSummary] = Field(description="The model's task circuits, by task.")
+
+
+class ModelPage(RootModel[by_model_kind(VisionModelPage, LanguageModelPage)]):
+    """A model's page: `VisionModelPage` or `LanguageModelPage`, as `model.kind` says."""
 
 
 class KindLink(Linked):
@@ -262,29 +301,43 @@ class TableUnit(UnitRef):
     top_tokens: list[str] = Field(description="The tokens its top contexts peak on, commonest first.")
 
 
-class LayerPage(Linked):
+class LayerPageCommon(Linked):
     model: ModelRef
     untrained: bool = Field(description=UNTRAINED)
     layer: LayerSummary
-    kind: str = Field(description="The image kind a vision grid shows (`?kind=`).")
-    kinds: list[KindLink] = Field(description="Every image kind the layer has.")
     sort: str = Field(description="What the units are sorted by (`?sort=`): `index` (default), or for a language "
                                   "model's layer `density` or `max`; units not measured yet come last.")
     order: Literal["asc", "desc"] = Field(description="`?order=`; by default ascending for index, descending "
                                                       "otherwise.")
     sorts: list[SortLink] = Field(description="Every column the units can be sorted by.")
-    thumbnail: Literal["featvis", "example"] = Field(description=(
-        "What a vision grid shows for each unit (`?thumbnail=`): `featvis` (default), its feature visualisation of "
-        "`kind`, in `units[].image`; `example`, the crop of its top dataset example, in `units[].example`. Any "
-        "other value is a 400. Language-model layers (tables) ignore it."))
-    thumbnails: list[ThumbnailLink] = Field(description="Links switching the grid's thumbnail, keeping the page, "
-                                                        "kind and sort; empty for a language model.")
-    views: LayerViews | None = Field(description="Vision: the layer's DeepDream and caricatures; null for a "
-                                                 "language model.")
     page: Pagination
-    units: list[GridUnit] | list[TableUnit] = Field(description="This page's units: a grid of images for a vision "
-                                                                "model, table rows for a language model.")
     writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
+
+
+class VisionLayerPage(LayerPageCommon):
+    """A vision layer: its DeepDream and caricatures, and a grid of its units' images."""
+
+    kind: str = Field(description="The image kind the grid shows (`?kind=`).")
+    kinds: list[KindLink] = Field(description="Every image kind the layer has.")
+    thumbnail: Literal["featvis", "example"] = Field(description=(
+        "What the grid shows for each unit (`?thumbnail=`): `featvis` (default), its feature visualisation of "
+        "`kind`, in `units[].image`; `example`, the crop of its top dataset example, in `units[].example`. Any "
+        "other value is a 400."))
+    thumbnails: list[ThumbnailLink] = Field(description="Links switching the grid's thumbnail, keeping the page, "
+                                                        "kind and sort.")
+    views: LayerViews = Field(description="The layer's DeepDream and caricatures.")
+    units: list[GridUnit] = Field(description="This page's units, a grid of images.")
+
+
+class LanguageLayerPage(LayerPageCommon):
+    """A language model's layer: a table of its units' activation statistics (it has no images: `?kind=` other than
+    the default is a 404, `?thumbnail=` is ignored)."""
+
+    units: list[TableUnit] = Field(description="This page's units, table rows.")
+
+
+class LayerPage(RootModel[by_model_kind(VisionLayerPage, LanguageLayerPage)]):
+    """A layer's page: `VisionLayerPage` or `LanguageLayerPage`, as `model.kind` says."""
 
 
 class UnitStats(Twin):
@@ -358,21 +411,43 @@ class Contexts(Twin):
 
 
 class Edge(Twin):
-    kind: str = Field(description="`weight` (direct) or `expanded_weight` (through pooling, branches or residuals: "
-                                  "nonlinearities replaced by identity); a circuit's own edges are on its page.")
-    weight: float = Field(description="Language models: the weight. Vision: the L2 norm of the [h, w] kernel "
-                                      "(batchnorm folded in) signed by the kernel's sum.")
+    weight: float = Field(description="Language models: the weight, with the gain of a norm it reads through folded "
+                                      "in. Vision: the L2 norm of the [h, w] kernel (batchnorm folded in) signed by "
+                                      "the kernel's sum.")
     unit: UnitRef = Field(description="The unit at the other end.")
-    image: Asset | None = Field(description="Vision: the kernel, drawn in diverging colours (a few pixels a side: "
-                                            "draw it scaled up, pixelated).")
-    thumbnail: Asset | None = Field(description="Vision: the other unit's `channel` feature visualisation, if "
-                                                "rendered.")
 
 
-class EdgeList(Twin):
+class VisionEdge(Edge):
+    kind: str = Field(description="`weight` (direct) or `expanded_weight` (through pooling, branches or residuals: "
+                                  "nonlinearities replaced by identity).")
+    image: Asset | None = Field(description="The kernel, drawn in diverging colours (a few pixels a side: draw it "
+                                            "scaled up, pixelated).")
+    thumbnail: Asset | None = Field(description="The other unit's `channel` feature visualisation, if rendered.")
+
+
+class LanguageEdge(Edge):
+    kind: str = Field(description="`weight`: a weight of the model's matrices. A circuit's own edges are listed "
+                                  "with the circuit (`circuits[].edges`) and on its page.")
+
+
+class VisionEdgeList(Twin):
     total: int = Field(description="How many connections there are in this direction.")
-    shown: list[Edge] = Field(description="The strongest, by |weight|: up to 24 for a vision model, 256 for a "
-                                          "language model (every nonzero weight of a sparse one).")
+    shown: list[VisionEdge] = Field(description="The strongest 24, by |weight|.")
+
+
+class LanguageEdgeList(Twin):
+    total: int = Field(description="How many connections there are in this direction.")
+    shown: list[LanguageEdge] = Field(description="The strongest 256, by |weight| (every nonzero weight of a sparse "
+                                                  "model).")
+
+
+class UnitCircuitEdge(Twin):
+    """One of a circuit's edges at this unit: a weight between it and another node the circuit keeps."""
+
+    direction: Literal["in", "out"] = Field(description="`in`: the other node is read by this one; `out`: it reads "
+                                                        "this one.")
+    weight: float = Field(description="The weight, as the circuit's page draws it.")
+    unit: UnitRef = Field(description="The node at the other end.")
 
 
 class CircuitMembership(CircuitSummary):
@@ -380,9 +455,13 @@ class CircuitMembership(CircuitSummary):
 
     tau: float | None = Field(description="This unit's learned mask logit in the circuit: kept nodes have tau > 0, "
                                           "and pruning kept the nodes of highest tau.")
+    edges: list[UnitCircuitEdge] = Field(description=(
+        "The circuit's edges at this unit, strongest |weight| first (at most 256): the weights that make its links in "
+        "the circuit's graph. A residual read or write channel (`attn.act_in`, `mlp.act_in`, `attn.out`, `mlp.out`) "
+        "has no weights of its own in `edges`: these are its connections."))
 
 
-class UnitPage(Linked):
+class UnitPageCommon(Linked):
     model: ModelRef
     untrained: bool = Field(description=UNTRAINED)
     layer: LayerRef
@@ -391,24 +470,44 @@ class UnitPage(Linked):
                                         "statistics (language).")
     writer_active: bool = Field(description="Whether a precompute job is writing to the atlas right now.")
     label: str | None
-    stats: UnitStats | None = Field(description="Vision: the channel's dataset statistics. Null for a language "
-                                                "model's unit, whose statistics are `activation`.")
-    images: list[UnitImage]
-    examples: list[Crop] = Field(description="Vision: dataset examples, `top` ones by rank, then `middle` ones; a "
-                                             "language model's are `contexts`.")
-    activation: Activation | None = Field(description="Language models: the unit's activation statistics; null "
-                                                      "until measured.")
-    logit_effects: LogitEffects | None = Field(description="Language models: the tokens its output most promotes "
-                                                           "and suppresses; null where it writes no residual "
-                                                           "stream (q, k, v) or before it is measured.")
-    contexts: Contexts | None = Field(description="Language models: token windows it fires on; null if it has none.")
-    edges: dict[Literal["in", "out"], EdgeList] = Field(description="`in`: units it reads from (vision: the "
-                                                                    "previous layer); `out`: units that read it "
-                                                                    "(vision: the next layer).")
-    circuits: list[CircuitMembership] = Field(description="The task circuits that keep this unit, by task.")
     prev: UnitRef | None
     next: UnitRef | None
     up: Linked = Field(description="The page of the layer grid that shows this unit.")
+
+
+class VisionUnitPage(UnitPageCommon):
+    """A vision unit: its images, dataset examples, weights and dataset statistics."""
+
+    stats: UnitStats = Field(description="The channel's dataset statistics; empty until measured.")
+    images: list[UnitImage]
+    examples: list[Crop] = Field(description="Dataset examples, `top` ones by rank, then `middle` ones.")
+    edges: dict[Literal["in", "out"], VisionEdgeList] = Field(description="`in`: units of the previous layer it "
+                                                                          "reads; `out`: units of the next layer "
+                                                                          "that read it.")
+
+
+class LanguageUnitPage(UnitPageCommon):
+    """A language model's unit: its activation statistics, logit effects, token contexts, weights and circuits."""
+
+    activation: Activation | None = Field(description="The unit's activation statistics; null until measured.")
+    logit_effects: LogitEffects | None = Field(description="The tokens its output most promotes and suppresses; "
+                                                           "null where it writes no residual stream (q, k, v) or "
+                                                           "before it is measured.")
+    contexts: Contexts | None = Field(description="Token windows it fires on; null if it has none.")
+    edges: dict[Literal["in", "out"], LanguageEdgeList] = Field(description=(
+        "`in`: units it reads from; `out`: units that read it. A residual read or write channel has none: see "
+        "`residual` and `circuits[].edges`."))
+    residual: UnitRef | None = Field(description=(
+        "For a residual read channel (`attn.act_in`, `mlp.act_in`: the stream through the block's norm) the "
+        "residual-stream channel of the same index it reads, for a write channel (`attn.out`, `mlp.out`) the one it "
+        "adds to: that channel's page lists the weights (a read channel's with the norm's gain folded in); null for "
+        "other units."))
+    circuits: list[CircuitMembership] = Field(description="The task circuits that keep this unit, by task, each "
+                                                          "with its edges at this unit.")
+
+
+class UnitPage(RootModel[by_model_kind(VisionUnitPage, LanguageUnitPage)]):
+    """A unit's page: `VisionUnitPage` or `LanguageUnitPage`, as `model.kind` says."""
 
 
 # A circuit's nodes and links come by the thousand, so they are typed dicts rather than models: validated and
@@ -445,6 +544,11 @@ class CircuitNode(TypedDict):
     tau: Annotated[float | None, Field(description="Its learned mask logit; null for the embeddings, which are not "
                                                    "pruned.")]
     brief: Annotated[NodeBrief | None, Field(description="Null while the unit is not measured.")]
+    tracer_id: Annotated[str, Field(description="Its `node_id` in the circuit-tracer export, which the page's URL "
+                                                "state (`pinnedIds`, `supernodes`, `clerps`) names it by.")]
+    rank: Annotated[int | None, Field(description="Its place in the circuit's node order (0 first): the circuit at "
+                                                  "k keeps ranks below k; null for the embeddings, and where the "
+                                                  "atlas predates stored orders.")]
 
 
 @item
@@ -453,6 +557,7 @@ class Candidate(TypedDict):
 
     token: str
     column: Annotated[int, Field(description="The graph's last column.")]
+    tracer_id: Annotated[str, Field(description="Its `node_id` in the circuit-tracer export.")]
 
 
 @item
@@ -611,6 +716,89 @@ class Download(Twin):
     media_type: str
 
 
+class KChoice(Twin):
+    k: int
+    loss: float | None = Field(description="Task loss on the pruning pairs at this k (the curve's).")
+    url: str = Field(description="The circuit page at this k (`?k=`); its twin adds `.json` to the path.")
+
+
+class KView(Twin):
+    """Which k the page shows: the circuit's own, or another k of its curve (`?k=`)."""
+
+    k: int = Field(description="Nodes shown: the first k of the order pruning learned.")
+    circuit_k: int = Field(description="The circuit's own k (`n_nodes`): the smallest that met the target.")
+    total: int | None = Field(description="Nodes in the whole order (every pruning node of the model); null where "
+                                          "the atlas predates stored orders.")
+    loss: float | None = Field(description="Task loss on the pruning pairs at k.")
+    n_edges: int = Field(description="Edges of the circuit at k: every nonzero weight between its nodes.")
+    edges_listed: bool = Field(description="Whether `edges` lists all of them. Past `listed_k` the atlas keeps only "
+                                           "the weights among the first `listed_k` nodes (a dense model's order has "
+                                           "millions), and a view lists at most the 20,000 strongest.")
+    listed_k: int = Field(description="The largest k whose weights the atlas keeps all of.")
+    choices: list[KChoice] = Field(description="Every k the page offers, each on the curve (the circuit's among "
+                                               "them); only the circuit's own where the atlas predates stored "
+                                               "orders.")
+
+
+class LayerCount(Twin):
+    layer: str
+    column: int
+    nodes: int = Field(description="Nodes of this layer in the circuit at k.")
+
+
+class GroupAblation(Twin):
+    """The circuit at k with one group's nodes also mean-ablated: a bar of the page's per-layer chart."""
+
+    group: str = Field(description="`{block}.attn` or `{block}.mlp`: a block's attention or MLP nodes.")
+    nodes: int = Field(description="The group's nodes in the circuit at k.")
+    loss: float | None = Field(description="Task loss on the pruning pairs (calibrated, as the curve's) with them "
+                                           "ablated; null when the circuit at k has none.")
+    delta: float | None = Field(description="`loss` minus the loss at k: how much the circuit needs the group.")
+
+
+class PairTokens(Twin):
+    """A held-out contrastive pair: two prompts from one seed, one answering each of the task's candidates."""
+
+    tokens: list[list[str]] = Field(description="The two prompts as the model reads them: the first candidate's, "
+                                                "then the second's.")
+    answers: list[str] = Field(description="Each prompt's correct candidate.")
+    p_correct: list[float] = Field(description="The full model's probability of each prompt's correct candidate.")
+
+
+@item
+class NodeActivations(TypedDict):
+    """A node of the circuit at k, read by the full model at each pair's last position."""
+
+    layer: str
+    index: int
+    rank: int
+    url: Annotated[str, Field(description="The unit's page.")]
+    values: Annotated[list[list[float]], Field(description="By pair: [first prompt's, second prompt's].")]
+
+
+class PairActivations(Twin):
+    """Per-example activations: the circuit's nodes on held-out contrastive pairs, in the full model (so they do not
+    depend on k), at the last position, where the candidates are scored."""
+
+    pairs: list[PairTokens]
+    stored_nodes: int = Field(description="The job read the first this many nodes of the order; a circuit at a "
+                                          "larger k shows those.")
+    nodes: list[NodeActivations] = Field(description="The nodes of the circuit at k among them, by rank.")
+
+
+class HeadPattern(Twin):
+    """A head whose q, k or v channels the circuit at k keeps: the full model's attention from each pair's last
+    position over the prompt."""
+
+    block: int
+    head: int
+    channels: int = Field(description="Its q, k and v channels in the circuit at k.")
+    patterns: list[list[list[float]]] = Field(description="By pair: [first prompt's weights, second's], one per "
+                                                          "token of `activations.pairs[i].tokens`.")
+    sink: list[list[float]] | None = Field(description="By pair: the weight on the attention sink; null for a model "
+                                                       "without one.")
+
+
 class CircuitPage(CircuitSummary):
     target_loss: float | None = Field(description="The task loss (nats) pruning aims for on the pruning pairs; "
                                                   "null while a circuit is being computed and the run does not say.")
@@ -658,6 +846,14 @@ class CircuitPage(CircuitSummary):
     examples: list[PairExample] = Field(description="A few held-out pairs.")
     config: dict[str, Any] = Field(description="How pruning ran: steps, lr, k_coef, init, seed, batch, prune_pairs, "
                                                "eval_pairs, ablation, mean_tokens, nodes_total, seconds.")
+    view: KView | None = Field(description="The k shown (`?k=`): `nodes`, `edges`, `residual`, `logits`, `layers`, "
+                                           "`ablations`, `activations` and `heads` are the circuit at `view.k`; null "
+                                           "when no circuit was found.")
+    layers: list[LayerCount] = Field(description="Nodes per node layer at k, in forward order.")
+    ablations: list[GroupAblation] | None = Field(description="Each block's attention and MLP nodes ablated at k; "
+                                                              "null where not recorded.")
+    activations: PairActivations | None = Field(description="Null where not recorded.")
+    heads: list[HeadPattern] | None = Field(description="Null where not recorded.")
 
 
 class FullScores(Twin):
@@ -719,11 +915,53 @@ class CircuitPair(Twin):
                                   "at instead.")
 
 
+@item
+class DrawnNode(TypedDict):
+    layer: str
+    index: int
+    column: Annotated[int, Field(description="Its layer's column, as on the circuit page.")]
+    row: Annotated[int, Field(description="Its place in its column, by index.")]
+
+
+@item
+class DrawnEdge(TypedDict):
+    src: Annotated[int, Field(description="Index into `nodes`.")]
+    dst: Annotated[int, Field(description="Index into `nodes`.")]
+    weight: float
+
+
+class CircuitDrawing(Twin):
+    """A circuit at the compared loss, as the side-by-side drawing has it: every node, and its weights (at most
+    8,000, the strongest first; `n_edges` counts them all)."""
+
+    model: ModelRef
+    url: str = Field(description="Its circuit page at that k.")
+    k: int
+    n_edges: int
+    nodes: list[DrawnNode]
+    edges: list[DrawnEdge]
+    rows: int = Field(description="Nodes in its fullest column.")
+
+
+class SideBySide(Twin):
+    """A (dense, sparse) pair drawn at one task loss, at one scale: a side is null where the atlas cannot show that
+    circuit at the loss (one from before stored node orders, away from the target)."""
+
+    loss: float = Field(description="The task loss both are drawn at (the pair's).")
+    at_target: bool
+    columns: list[int] = Field(description="The node columns either drawing uses, in forward order.")
+    rows: int = Field(description="The fuller of the two drawings' fullest columns: both are drawn this tall.")
+    dense: CircuitDrawing | None
+    sparse: CircuitDrawing | None
+
+
 class TaskPage(Linked):
     slug: str = Field(description="The task's name, as the circuits' URLs spell it.")
     task: str
     circuits: list[TaskCircuit] = Field(description="Every model's circuit for the task, by model title.")
     pairs: list[CircuitPair] = Field(description="Every (dense, sparse) pair of those models.")
+    drawings: list[SideBySide] = Field(description="Each pair compared at a loss, both circuits drawn side by side at "
+                                                   "one scale.")
     up: Linked = Field(description="All tasks.")
 
 

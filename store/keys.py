@@ -224,3 +224,8 @@ class CircuitKey(StrEnum):
     # The two candidate logits' reads of the circuit's residual writes: [{"layer", "index", "token", "weight"}], the
     # unembedding row of the candidate through the final norm's gain, for each kept write channel ([] when not met)
     LOGITS = "logits"
+    # What the circuit's page can show besides the circuit at its own k (``store.circuit_views``; only found
+    # circuits have it): {"nodes": int (the whole order's), "ks": [int] (the k's a page offers, each on the curve,
+    #  the circuit's among them), "listed_k": int (the order's weights are listed for every k up to it; beyond it,
+    #  counted), "activation_nodes": int, "pairs": int, "pattern_pairs": int, "d_head": int, "groups": [str]}
+    VIEWS = "views"

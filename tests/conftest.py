@@ -39,9 +39,16 @@ def write_class_folders(root: Path, per_class: int) -> Path:
 # The tests' dataset: 68 images, so a precompute's examples pass and the images it stores stay small (the built-in
 # 2,040 are tested in test_vision_precompute.py). Made once per test session, removed at its end.
 SMALL_DATASET = write_class_folders(Path(tempfile.mkdtemp(prefix="atlascope-test-dataset-")), per_class=4)
-# Small enough for CI on two cores, big enough to leave some units of every layer unrendered.
-SHORT_PRECOMPUTE = ["--layers", "conv1,conv2,conv4", "--units", "0-7", "--steps", "128", "--objectives",
-                    "channel,neuron", "--batch-size", "4", "--dataset", str(SMALL_DATASET), "--device", "cpu"]
+
+
+def short_precompute(layers: str = "conv1,conv2,conv4") -> list[str]:
+    """The tests' precompute options. Small enough for CI on two cores, big enough to leave some units of every layer
+    unrendered. Render batches are per layer and seeded, so fewer ``layers`` render the very same images of them."""
+    return ["--layers", layers, "--units", "0-7", "--steps", "128", "--objectives", "channel,neuron", "--batch-size",
+            "4", "--dataset", str(SMALL_DATASET), "--device", "cpu"]
+
+
+SHORT_PRECOMPUTE = short_precompute()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

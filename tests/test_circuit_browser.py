@@ -83,4 +83,4 @@ def test_clicking_a_node_opens_its_unit_page(page, lm_server: str):
     page.mouse.down()
     page.mouse.up()
     page.wait_for_url(f"{lm_server}/models/{SLUG}/{NEURON[0]}/{NEURON[1]}")
-    assert page.locator(f'#circuits a[href="{QUOTE}"]').is_visible()
+    assert page.locator(f'#circuits a[href="{QUOTE}"]').first.is_visible()

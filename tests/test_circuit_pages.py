@@ -72,7 +72,8 @@ def test_circuit_twin_has_every_node_edge_and_link(client: httpx.Client):
     assert all(n["url"] == f"/models/{SLUG}/{n['layer']}/{n['index']}" for n in body["nodes"])
     assert [(n["layer"], n["index"], n["column"], n["tau"]) for n in body["embeddings"]] == [
         (EMBEDDING, c, 0, None) for c in (1, 4, 5, 6)]
-    assert body["candidates"] == [{"token": token, "column": 17} for token in CANDIDATES]
+    assert body["candidates"] == [{"token": token, "column": 17, "tracer_id": f"17_{place}_5"}
+                                  for place, token in enumerate(CANDIDATES)]
 
     edges = [((e["src_layer"], e["src_index"]), (e["dst_layer"], e["dst_index"]), e["weight"]) for e in body["edges"]]
     assert sorted(edges) == sorted(QUOTE_EDGES) and body["drawn_edges"] == len(QUOTE_EDGES)

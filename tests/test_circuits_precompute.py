@@ -4,7 +4,12 @@ The embedded sparse organism's quote circuit (a short sweep of two settings, few
 the calibrated loss of the stored nodes, the stored edges are exactly the nonzero weights between them, the held-out
 evidence (full, circuit alone mean- and zero-ablated, circuit ablated, everything ablated, the interval and the flag)
 is the model's own, the sweep, the null and the calibration are stored as ``store.keys.CircuitKey`` documents them, a
-rerun does nothing, and the pages answer over HTTP with nodes that link to unit pages. The organism's weights are
+rerun does nothing, and the pages answer over HTTP with nodes that link to unit pages. What the page shows besides
+(issue 22): the stored node order starts with the circuit and counts the edges of every k, the twin and the graph
+JSON at other k's are the model's weights between the order's first k nodes, the per-group ablation bars are the
+calibrated loss recomputed with that group ablated, the heatmap's values are the full model's activations on a pair,
+and the heads' attention is the model's own (its pattern times v is the head's output; with an attention sink too).
+The organism's weights are
 retrained from time to time, so the target is not the paper's 0.15 but one set from the model at hand: halfway
 between the full model's calibrated loss on the pruning pairs and everything ablated (k = 0), which some k between
 the two always meets.
@@ -32,11 +37,14 @@ from precompute.lm.circuits import CircuitConfig, margins_of, prepare, recorded,
 from precompute.lm.corpus import load_heldout
 from precompute.lm.model import GPTConfig, SparseGPT
 from precompute.lm.tasks import SPLITS, TASKS, contrastive_split, split, split_of
-from precompute.lm.tokenizer import load_tokenizer
+from precompute.lm.tokenizer import load_tokenizer, token_texts
 from precompute.plan import select
 from precompute.registry import ModelSpec, get_model, language_layers
 from precompute.stages import circuits as circuits_stage
 from precompute.stages.contexts import ContextsConfig
+from render.circuit_graph import circuit_edges
+from render.circuit_order import last_position_pattern
+from render.hooks import activations
 from render.pruning import Calibration, PruneConfig, Setting, calibrate, gated, task_losses
 from store.keys import SIZE_TARGETS, CircuitKey, EdgeKind, ModelKind
 from tests.conftest import serving
@@ -247,7 +255,7 @@ def test_a_rerun_finds_nothing_to_do_and_leaves_the_circuit_as_it_was(atlas: Pat
             rows(atlas, "SELECT count(*) FROM edges WHERE circuit_id IS NOT NULL")) == before
 
 
-def test_the_served_circuit_links_every_node_to_a_unit_page_that_lists_it(atlas: Path):
+def test_the_served_circuit_links_every_node_to_a_unit_page_that_lists_it(atlas: Path, prepared):
     circuit_id, *_ = circuit(atlas)
     stored = {(layer, index) for layer, indices in kept(atlas, circuit_id).items() for index in indices}
     with serving(atlas, "--workers", "1") as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -262,6 +270,145 @@ def test_the_served_circuit_links_every_node_to_a_unit_page_that_lists_it(atlas:
         ids = {node["node_id"] for node in graph["nodes"]}
         assert len(ids) == len(graph["nodes"]) and all({link["source"], link["target"]} <= ids
                                                        for link in graph["links"])
+        # the circuit at other k's: the stored order cut at k, its edges the model's weights between those nodes
+        order = stored_order(atlas, circuit_id)
+        views = page["view"]
+        assert [c["k"] for c in views["choices"]] == circuit(atlas)[5][CircuitKey.VIEWS]["ks"]
+        for k in [c["k"] for c in views["choices"]][::3]:
+            at = client.get(f"/models/tinylm-sparse/circuits/{TASK}.json", params={"k": k}).json()
+            top = order[:k]
+            assert {(n["layer"], n["index"]): n["tau"] for n in at["nodes"]} == pytest.approx(
+                {(layer, index): tau for layer, index, tau, _ in top})
+            expected = circuit_edges(prepared.model, by_layer(top))
+            assert at["view"]["n_edges"] == len(expected)
+            if at["view"]["edges_listed"]:
+                assert sorted((e["src_layer"], e["src_index"], e["dst_layer"], e["dst_index"]) for e in at["edges"]) \
+                    == sorted((e.src, e.src_index, e.dst, e.dst_index) for e in expected)
+            graph = client.get(f"/models/tinylm-sparse/circuits/{TASK}/graph.json", params={"k": k}).json()
+            assert len(graph["nodes"]) == len(at["nodes"]) + len(at["embeddings"]) + len(at["candidates"])
+            assert graph["metadata"]["info"]["k"] == k
+
+
+def stored_order(atlas: Path, circuit_id: int) -> list[tuple[str, int, float, int]]:
+    """(layer, index, tau, edges_in) by rank: the circuit's whole node order as the job stored it."""
+    return [tuple(row) for row in rows(atlas, """SELECT l.name, u."index", o.tau, o.edges_in FROM circuit_order o
+        JOIN units u ON u.id = o.unit_id JOIN layers l ON l.id = u.layer_id WHERE o.circuit_id = ? ORDER BY o.rank""",
+                                       circuit_id)]
+
+
+def by_layer(nodes: list[tuple]) -> dict[str, torch.Tensor]:
+    grouped: dict[str, list[int]] = {}
+    for layer, index, *_ in nodes:
+        grouped.setdefault(layer, []).append(index)
+    return {layer: torch.tensor(sorted(indices)) for layer, indices in grouped.items()}
+
+
+def probe(atlas: Path, circuit_id: int, name: str):
+    (value,) = rows(atlas, "SELECT value FROM circuit_probes WHERE circuit_id = ? AND name = ?", circuit_id, name)[0]
+    return json.loads(value)
+
+
+def test_the_stored_order_starts_with_the_circuit_and_counts_the_edges_of_every_k(atlas: Path, prepared):
+    circuit_id, _, _, n_nodes, n_edges, params = circuit(atlas)
+    order, views = stored_order(atlas, circuit_id), params[CircuitKey.VIEWS]
+    assert len(order) == views["nodes"] == prepared.nodes.total
+    circuit_nodes = dict(((layer, index), tau) for layer, index, tau in rows(
+        atlas, "SELECT l.name, u.\"index\", n.score FROM circuit_nodes n JOIN units u ON u.id = n.unit_id "
+               "JOIN layers l ON l.id = u.layer_id WHERE n.circuit_id = ?", circuit_id))
+    assert {(layer, index): tau for layer, index, tau, _ in order[:n_nodes]} == circuit_nodes
+    taus = [tau for _, _, tau, _ in order]
+    assert taus[:n_nodes] == sorted(taus[:n_nodes], reverse=True) and min(taus[:n_nodes]) >= max(taus[n_nodes:])
+    curve = dict(params[CircuitKey.CURVE])
+    assert n_nodes in views["ks"] and all(k in curve for k in views["ks"])
+    names = [(layer, index) for layer, index, _, _ in order]
+    listed = {(names[s], names[d]): w for s, d, w in rows(
+        atlas, "SELECT src_rank, dst_rank, weight FROM circuit_order_edges WHERE circuit_id = ?", circuit_id)}
+    for k in views["ks"]:
+        expected = circuit_edges(prepared.model, by_layer(order[:k]))
+        assert sum(edges_in for *_, edges_in in order[:k]) == len(expected)
+        if k <= views["listed_k"]:
+            at_k = {key: w for key, w in listed.items() if names.index(key[0]) < k and names.index(key[1]) < k}
+            assert at_k == pytest.approx({((e.src, e.src_index), (e.dst, e.dst_index)): e.weight for e in expected})
+    assert sum(edges_in for *_, edges_in in order[:n_nodes]) == n_edges
+
+
+def test_the_ablation_bars_are_the_calibrated_loss_with_each_group_ablated(atlas: Path, prepared):
+    circuit_id, _, loss, n_nodes, _, params = circuit(atlas)
+    order, stored = stored_order(atlas, circuit_id), probe(atlas, circuit_id, "ablations")
+    losses = dict((k, at) for k, at in stored["losses"])
+    assert sorted(losses) == params[CircuitKey.VIEWS]["ks"]
+    _, signs = batch_of("prune")
+    for group, bar in zip(stored["groups"], losses[n_nodes], strict=True):
+        rest = [node for node in order[:n_nodes] if not node[0].startswith(group + ".")]
+        if len(rest) == n_nodes:
+            assert bar is None  # the circuit keeps none of the group's nodes: nothing to ablate
+            continue
+        raw = margins(prepared, "prune", {layer: t.tolist() for layer, t in by_layer(rest).items()})
+        recomputed = float(task_losses(calibrate(raw, signs).apply(raw, signs)).mean())
+        assert bar == pytest.approx(recomputed, abs=1e-4), group
+
+
+def test_the_heatmap_values_are_the_full_models_activations_on_a_pair(atlas: Path, prepared):
+    circuit_id, *_ = circuit(atlas)
+    order = stored_order(atlas, circuit_id)
+    pairs, stored = probe(atlas, circuit_id, "pairs"), probe(atlas, circuit_id, "activations")
+    task = TASKS[TASK]
+    drawn = contrastive_split(task, "eval", len(pairs), 0)
+    assert [p["answers"] for p in pairs] == [[a.correct, b.correct] for a, b in drawn] and stored["nodes"] >= 1
+    for i in (0, len(pairs) - 1):
+        batch = evaluate.encode_pairs(load_tokenizer(), task, list(drawn[i]))
+        assert pairs[i]["tokens"] == [token_texts(load_tokenizer(), batch.tokens[row, :int(batch.last[row]) + 1].tolist())
+                                      for row in (0, 1)]
+        with torch.no_grad():
+            found = activations(prepared.model, prepared.points, batch.tokens)
+        for rank, (layer, index, _, _) in enumerate(order[:stored["nodes"]]):
+            at_last = [float(found[layer][row, int(batch.last[row]), index]) for row in (0, 1)]
+            assert stored["values"][rank][i] == pytest.approx(at_last, rel=1e-3, abs=1e-4), (layer, index)
+
+
+def test_the_heads_attention_is_the_models_own(atlas: Path, prepared):
+    circuit_id, *_ = circuit(atlas)
+    heads, pairs = probe(atlas, circuit_id, "heads"), probe(atlas, circuit_id, "pairs")
+    task, model = TASKS[TASK], prepared.model
+    first = contrastive_split(task, "eval", 1, 0)[0]
+    batch = evaluate.encode_pairs(load_tokenizer(), task, list(first))
+    points = model.hook_points()
+    for head in heads:
+        names = [f"{head['block']}.attn.{kind}" for kind in "qkvz"]
+        with torch.no_grad():
+            q, k, v, z = (activations(model, {name: points[name]}, batch.tokens)[name] for name in names)
+        pattern, sink = last_position_pattern(q, k, batch.last, head["head"], model.config.d_head)
+        channels = slice(head["head"] * model.config.d_head, (head["head"] + 1) * model.config.d_head)
+        for row in (0, 1):
+            last = int(batch.last[row])
+            mixed = pattern[row, :last + 1] @ v[row, :last + 1, channels]  # the head's output, from the pattern
+            assert mixed == pytest.approx(z[row, last, channels], abs=1e-4)
+            assert head["patterns"][0][row] == pytest.approx(pattern[row, :last + 1].tolist(), rel=1e-3, abs=1e-4)
+            assert len(head["patterns"][0][row]) == len(pairs[0]["tokens"][row])
+        assert sink is None and head["sink"] is None  # the organism has no attention sink
+
+
+def test_a_heads_pattern_with_an_attention_sink_is_the_models_own():
+    torch.manual_seed(0)
+    model = SparseGPT(GPTConfig(d_model=D_MODEL, d_mlp=D_MLP, n_head=N_HEAD, d_head=D_HEAD, n_layer=1,
+                                block_size=32, sink=True)).eval()
+    with torch.no_grad():
+        model.transformer.h[0].attn.sink_logit.copy_(torch.tensor([0.5, -1.0]))
+    tokens, last = torch.randint(0, 100, (3, 12)), torch.tensor([11, 6, 3])
+    points = model.hook_points()
+    with torch.no_grad():
+        found = activations(model, {name: points[name] for name in ("0.attn.q", "0.attn.k", "0.attn.v", "0.attn.z")},
+                            tokens)
+    for head in range(N_HEAD):
+        sink_logit = float(model.transformer.h[0].attn.sink_logit[head].detach())
+        pattern, sink = last_position_pattern(found["0.attn.q"], found["0.attn.k"], last, head, D_HEAD, sink_logit)
+        channels = slice(head * D_HEAD, (head + 1) * D_HEAD)
+        assert torch.allclose(pattern.sum(1) + sink, torch.ones(3), atol=1e-5)
+        for row in range(3):
+            at = int(last[row])
+            assert torch.all(pattern[row, at + 1:] == 0)
+            mixed = pattern[row, :at + 1] @ found["0.attn.v"][row, :at + 1, channels]  # the sink's value is zero
+            assert mixed == pytest.approx(found["0.attn.z"][row, at, channels], abs=1e-5)
 
 
 # --- a model that cannot do the task ------------------------------------------------------------------------------

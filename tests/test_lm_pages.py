@@ -79,7 +79,7 @@ def test_model_page_says_sparsity_loss_tasks_training_and_tokenizer(client: http
 
 def test_neuron_twin_has_ranked_contexts_activation_logit_effects_and_edges(client: httpx.Client):
     body = assert_twin(client, url(*NEURON))
-    assert body["rendered"] and body["stats"] is None and body["images"] == [] and body["examples"] == []
+    assert body["rendered"] and not {"stats", "images", "examples"} & set(body)  # a vision unit's fields
     top, random = body["contexts"]["top"], body["contexts"]["random"]
     assert [c["rank"] for c in top] == list(range(20)) and [c["rank"] for c in random] == list(range(5))
     assert [c["activation"] for c in top] == sorted((c["activation"] for c in top), reverse=True)

@@ -369,7 +369,7 @@ def test_twins_say_whether_the_model_is_untrained(client: httpx.Client, slug: st
 
 def test_the_schema_documents_untrained(client: httpx.Client):
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
-    for twin in ("ModelPage", "LayerPage", "UnitPage"):
+    for twin in ("VisionModelPage", "VisionLayerPage", "VisionUnitPage"):
         field = schemas[twin]["properties"]["untrained"]
         assert field["type"] == "boolean" and "random" in field["description"], twin
         assert "untrained" in schemas[twin]["required"]

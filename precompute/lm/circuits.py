@@ -27,6 +27,8 @@ The rows of the circuit alone (``circuit_mean``, ``circuit_zero``, ``all_ablated
 k: after a scale and shift of the candidates' logit difference fitted on the *pruning* pairs in the same condition
 (``render.pruning.calibrate``), never on the held-out ones; ``full`` and ``ablated_mean`` are the model's own logits.
 Each row reports task loss, accuracy and agreement (how often it picks what the full model picks).
+
+A found circuit also carries what its page shows at other k's and on held-out pairs (``precompute.lm.circuit_views``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from precompute.lm import evaluate
+from precompute.lm.circuit_views import CircuitViews, measure_views
 from precompute.lm.evaluate import PairBatch
 from precompute.lm.task_check import candidate_ids
 from precompute.lm.tasks import Pair, Task, contrastive_split, split
@@ -143,6 +146,7 @@ class FoundCircuit:
     calibration: dict  # CircuitKey.CALIBRATION
     examples: list[dict]
     config: dict  # CircuitKey.CONFIG
+    views: CircuitViews | None = None  # what the page shows besides the circuit at its k; None when not met
 
     @property
     def n_nodes(self) -> int:
@@ -310,6 +314,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
     evidence = _evidence(prepared, search, pruned, prune_batch, signs, eval_batch, signs_of(task, eval_pairs), met)
     faithfulness, calibration, circuit_margins, full_margins = evidence
 
+    views = measure_views(prepared, search, pruned, tokenizer, task, seed, say) if met else None
     kept = nodes.kept(pruned.order, pruned.k) if met else {}
     null_record = None
     if config.null:
@@ -338,6 +343,7 @@ def find_circuit(model: nn.Module, tokenizer: Tokenizer, task: Task, pretraining
                 "prune_prompts": len(flat), "mean_tokens": prepared.mean_tokens, "nodes_total": nodes.total,
                 "candidate_tokens": token_texts(tokenizer, ids.values()),
                 "seconds": round(time.perf_counter() - started, 1)},
+        views=views,
     )
 
 

@@ -1,7 +1,8 @@
 """Language stage ``circuits``: for each task of the request, the model's circuit found by pruning
 (``precompute.lm.circuits``), saved as one ``circuits`` row (``store.keys.CircuitKey`` in its params), its kept
 nodes as ``circuit_nodes`` and the weights between them as ``edges`` of kind ``EdgeKind.CIRCUIT`` carrying the
-circuit's id. Counts nothing in the run's progress (its items are tasks, not units); the progress names the task and,
+circuit's id; a found circuit also gets its whole node order, the order's weights and what the job measured for the
+page's other k's and held-out pairs (``precompute.lm.circuit_views``) in ``store.circuit_views``'s tables. Counts nothing in the run's progress (its items are tasks, not units); the progress names the task and,
 while it works, what pruning is doing (``Job.report``, at most every ``REPORT_EVERY`` seconds): the means, the sweep's
 step, loss and kept nodes, the k search, the null.
 
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from precompute.lm.circuit_views import CircuitViews
 from precompute.lm.circuits import CircuitConfig, FoundCircuit, Prepared, find_circuit, prepare, shuffled
 from precompute.lm.tasks import Task
 from precompute.stages import Job, Plan
+from store.circuit_views import create_views, delete_views, order_edges, order_rows, probes
 from store.keys import CircuitKey, EdgeKind
 from store.schema import Circuit, CircuitNode, Edge
 
@@ -85,6 +88,7 @@ class CircuitsStage:
         old = session.scalar(select(Circuit.id).where(Circuit.model_id == self.job.model_id,
                                                        Circuit.slug == item.task.name))
         if old is not None:
+            delete_views(session, old)
             session.execute(delete(Edge).where(Edge.circuit_id == old))
             session.execute(delete(CircuitNode).where(CircuitNode.circuit_id == old))
             session.execute(delete(Circuit).where(Circuit.id == old))
@@ -102,10 +106,11 @@ class CircuitsStage:
                               CircuitKey.CALIBRATION: found.calibration,
                               CircuitKey.EXAMPLES: found.examples,
                               CircuitKey.LOGITS: found.logits,
-                              CircuitKey.SIZES: found.sizes})
+                              CircuitKey.SIZES: found.sizes,
+                              **({CircuitKey.VIEWS: found.views.record} if found.views else {})})
         session.add(circuit)
         session.flush()
-        ids = {layer: self.job.unit_ids(session, layer) for layer in {layer for layer, _, _ in found.nodes}}
+        ids = {layer: self.job.unit_ids(session, layer) for layer in found.all_nodes.sizes}
         if found.nodes:
             session.execute(insert(CircuitNode), [{"circuit_id": circuit.id, "unit_id": ids[layer][index],
                                                    "score": tau} for layer, index, tau in found.nodes])
@@ -113,4 +118,20 @@ class CircuitsStage:
             session.execute(insert(Edge), [{"src_unit_id": ids[e.src][e.src_index], "dst_unit_id": ids[e.dst][e.dst_index],
                                              "kind": EdgeKind.CIRCUIT, "circuit_id": circuit.id, "weight": e.weight}
                                             for e in found.edges])
+        if found.views is not None:
+            save_views(session, circuit.id, found.views, ids)
         return 0
+
+
+def save_views(session: Session, circuit_id: int, views: CircuitViews, ids: dict[str, dict[int, int]]) -> None:
+    """A found circuit's order, the order's weights and its probes, in ``store.circuit_views``'s tables (made here
+    the first time: they stand outside the atlas's format)."""
+    create_views(session)
+    session.execute(insert(order_rows), [{"circuit_id": circuit_id, "rank": rank, "unit_id": ids[layer][index],
+                                          "tau": tau, "edges_in": edges_in}
+                                         for rank, (layer, index, tau, edges_in) in enumerate(views.order)])
+    if views.edges:
+        session.execute(insert(order_edges), [{"circuit_id": circuit_id, "appears": e.appears, "src_rank": e.src_rank,
+                                               "dst_rank": e.dst_rank, "weight": e.weight} for e in views.edges])
+    session.execute(insert(probes), [{"circuit_id": circuit_id, "name": str(name), "value": value}
+                                     for name, value in views.probes.items()])

@@ -1,4 +1,5 @@
-"""Vision stage ``weights``: how each chosen layer's units read the layer before it (``render.vision_weights``).
+"""Vision stage ``weights``: how each chosen layer's units read the layer before it and are read by the layer after
+it (``render.vision_weights``), so its units' pages list both directions even where the other layer was not chosen.
 
 For every pair of a unit and a previous-layer unit there is a [h, w] kernel: the conv kernel with batchnorm folded
 where the layers are directly connected, the expanded weights (nonlinearities replaced by identity, max pooling by
@@ -6,8 +7,8 @@ average pooling) where pooling, branches or residuals sit between. Each unit kee
 previous-layer unit its strongest outputs (``EdgeKind`` says what an edge's weight is); each kept kernel is drawn as a
 small picture on one colour scale per pair of layers, so kernels of one layer compare by eye.
 
-A layer is pending while it has a previous layer and no weight edges from it (all chosen layers with --force). Quick
-next to feature visualisation, so it counts nothing in the run's progress.
+A pair of layers is pending while its reader has no weight edges (all chosen layers' pairs with --force); a pair that
+two chosen layers share is done once. Quick next to feature visualisation, so it counts nothing in the run's progress.
 """
 
 from __future__ import annotations
@@ -57,9 +58,15 @@ class KernelsStage:
         self.job, self.layers = job, layers
 
     def plan(self, session: Session) -> Plan:
-        order = [layer.name for layer in self.job.spec.layers]
-        pairs = [LayerPair(self.job.spec.layers[order.index(layer.name) - 1], layer)
-                 for layer in self.layers if order.index(layer.name) > 0]
+        every = self.job.spec.layers
+        order = [layer.name for layer in every]
+        pairs: list[LayerPair] = []
+        for layer in self.layers:
+            at = order.index(layer.name)
+            for source, reader in ((at - 1, at), (at, at + 1)):
+                pair = LayerPair(every[source], every[reader]) if source >= 0 and reader < len(every) else None
+                if pair is not None and pair not in pairs:
+                    pairs.append(pair)
         return Plan([pair for pair in pairs if self.job.force or not self._has_edges(session, pair)])
 
     def _has_edges(self, session: Session, pair: LayerPair) -> bool:

@@ -1,10 +1,12 @@
 """Language stage ``weights``: what the weights say about each unit of the chosen layers (``render.lm_weights``): the
 logit effects of residual channels and MLP neurons (``Stat.LOGIT_EFFECTS``), and the edges by which the layer's units
-read others (``EdgeKind.WEIGHT``, src = the unit read, dst = the reader). A layer's outgoing edges are saved with the
-layer that reads them. Quick, so it counts nothing in the run's progress.
+read others and are read by others (``EdgeKind.WEIGHT``, src = the unit read, dst = the reader). A chosen layer saves
+both directions, so its units' pages list every connection even where the layer at the other end was not chosen
+(each connection between two layers is saved once, with the first chosen layer it touches). Quick, so it counts
+nothing in the run's progress.
 
-A layer is pending while a unit of it that should have logit effects lacks them, or while it has a source layer and
-no weight edges from it (all chosen layers with --force).
+A layer is pending while a unit of it that should have logit effects lacks them, or while one of its connections has
+no weight edges (all chosen layers with --force).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from store.schema import Edge, Layer, Unit
 @dataclass(frozen=True)
 class LayerWork:
     layer: LayerSpec
-    source: str | None  # the layer it reads by weights
+    connections: tuple[tuple[str, str], ...]  # (source, reader) layers whose weights it saves: it reads or is read
 
     @property
     def label(self) -> str:
@@ -35,10 +37,17 @@ class LayerWork:
 
 
 @dataclass(frozen=True)
+class Connection:
+    source: str  # the layer read
+    reader: str
+    pairs: torch.Tensor  # [E, 2] (reader, source) unit indices
+    weights: torch.Tensor  # [E]
+
+
+@dataclass(frozen=True)
 class Found:
     effects: tuple[torch.Tensor, ...] | None  # render.lm_weights.logit_effects, or None where there are none
-    pairs: torch.Tensor | None  # [E, 2] (dst, src) unit indices
-    weights: torch.Tensor | None  # [E]
+    connections: list[Connection]
 
 
 class WeightsStage:
@@ -49,26 +58,41 @@ class WeightsStage:
         self._vocabulary: list[str] | None = None
 
     def plan(self, session: Session) -> Plan:
-        return Plan([LayerWork(layer, src) for layer in self.layers
-                     if self._pending(session, layer, src := source(layer.name, self.n_layer))])
+        claimed: set[tuple[str, str]] = set()
+        items = []
+        for layer in self.layers:
+            connections = tuple(pair for pair in self._connections(layer.name) if pair not in claimed)
+            claimed.update(connections)
+            if self._pending(session, layer, connections):
+                items.append(LayerWork(layer, connections))
+        return Plan(items)
 
-    def _pending(self, session: Session, layer: LayerSpec, src: str | None) -> bool:
+    def _connections(self, layer: str) -> list[tuple[str, str]]:
+        """(source, reader) of every weight connection at ``layer``: the one it reads by, then those reading it."""
+        src = source(layer, self.n_layer)
+        readers = [other.name for other in self.job.spec.layers if source(other.name, self.n_layer) == layer]
+        return ([(src, layer)] if src is not None else []) + [(layer, reader) for reader in readers]
+
+    def _in_layer(self, name: str):
+        return select(Unit.id).join(Layer).where(Layer.model_id == self.job.model_id, Layer.name == name)
+
+    def _pending(self, session: Session, layer: LayerSpec, connections: tuple[tuple[str, str], ...]) -> bool:
         if self.job.force:
             return True
-        in_layer = select(Unit.id).join(Layer).where(Layer.model_id == self.job.model_id, Layer.name == layer.name)
         if writes_residual(layer.name) and session.scalar(select(func.count()).select_from(Unit).where(
-                Unit.id.in_(in_layer), func.json_extract(Unit.stats, f"$.{Stat.LOGIT_EFFECTS}").is_(None))):
+                Unit.id.in_(self._in_layer(layer.name)),
+                func.json_extract(Unit.stats, f"$.{Stat.LOGIT_EFFECTS}").is_(None))):
             return True
-        return src is not None and not session.scalar(select(Edge.id).where(
-            Edge.kind == EdgeKind.WEIGHT, Edge.dst_unit_id.in_(in_layer)).limit(1))
+        return any(session.scalar(select(Edge.id).where(
+            Edge.kind == EdgeKind.WEIGHT, Edge.circuit_id.is_(None), Edge.dst_unit_id.in_(self._in_layer(reader)),
+            Edge.src_unit_id.in_(self._in_layer(src))).limit(1)) is None for src, reader in connections)
 
     def run(self, items: list[LayerWork]) -> Iterator[tuple[LayerWork, Found]]:
         net = self.job.net
         for item in items:
             effects = logit_effects(net, item.layer.name) if writes_residual(item.layer.name) else None
-            weights = incoming(net, item.layer.name)
-            pairs, values = edges(weights) if weights is not None else (None, None)
-            yield item, Found(effects, pairs, values)
+            yield item, Found(effects, [Connection(src, reader, *edges(incoming(net, reader)))
+                                        for src, reader in item.connections])
 
     def save(self, session: Session, item: LayerWork, found: Found) -> int:
         unit_ids = self.job.unit_ids(session, item.layer.name)
@@ -82,12 +106,14 @@ class WeightsStage:
                 "suppressed": [{"token": vocabulary[t], "id": t, "value": v}
                                for t, v in zip(down_ids[index], down_values[index])]}}}
                 for index, unit_id in unit_ids.items()])
-        if found.pairs is not None:
-            source_ids = self.job.unit_ids(session, item.source)
-            session.execute(delete(Edge).where(Edge.kind == EdgeKind.WEIGHT, Edge.dst_unit_id.in_(unit_ids.values()),
+        for connection in found.connections:
+            source_ids, reader_ids = (self.job.unit_ids(session, connection.source),
+                                      self.job.unit_ids(session, connection.reader))
+            session.execute(delete(Edge).where(Edge.kind == EdgeKind.WEIGHT, Edge.circuit_id.is_(None),
+                                               Edge.dst_unit_id.in_(reader_ids.values()),
                                                Edge.src_unit_id.in_(source_ids.values())))
-            rows = [{"src_unit_id": source_ids[src], "dst_unit_id": unit_ids[dst], "kind": EdgeKind.WEIGHT,
-                     "weight": w} for (dst, src), w in zip(found.pairs.tolist(), found.weights.tolist())]
+            rows = [{"src_unit_id": source_ids[src], "dst_unit_id": reader_ids[dst], "kind": EdgeKind.WEIGHT,
+                     "weight": w} for (dst, src), w in zip(connection.pairs.tolist(), connection.weights.tolist())]
             if rows:  # a matrix of zeros has none (an insert of no rows would be one row of nothing)
                 session.execute(insert(Edge), rows)
         return 0

@@ -11,6 +11,10 @@ drawn as a layered graph (``static/circuit.js``, from the page's own JSON: nodes
 the strongest weights, residual and logit links) beside the loss-vs-k curve. The twin lists every edge; the graph
 draws the ``drawn_edges`` strongest, so a dense model's circuit of tens of thousands of weights still lays out.
 
+``?k=`` shows the circuit at another k of its curve, with the per-layer ablations, the held-out pairs' activations
+and the heads' attention at that k (``server.pages.circuit_views``); the reader's pins, groups and labels live in the
+URL and are the page script's alone.
+
 Atlases written before some evidence was recorded still answer: what is missing is null in the twin and "not
 recorded" on the page. While a precompute job is finding a circuit the atlas does not have yet, its URL answers with
 a page saying so (``status: computing``), which refreshes itself, as a unit page does before its unit is measured.
@@ -27,8 +31,10 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from server.circuit_wiring import Node, Wiring, is_met, read_wiring
+from server.circuit_tracer import tracer_ids
+from server.circuit_wiring import Node, Wiring, is_met, wiring_at
 from server.errors import NotFound
+from server.pages.circuit_views import chosen_k, instrument
 from server.pages.common import circuit_summary, echo, find_model, model_ref, run_progress
 from server.urls import circuit_graph_url, circuit_url, layer_url, links, task_url
 from store.keys import CardKey, CircuitKey
@@ -49,6 +55,7 @@ EVIDENCE = (("full", "full model", True),
             ("ablated_mean", "circuit ablated (mean), rest intact", False),
             ("all_ablated", "all ablated (k = 0)", False))
 CIRCUIT_ROWS = ("circuit_mean", "circuit_zero", "ablated_mean")  # rows only a found circuit has
+NO_VIEW = {"view": None, "layers": [], "ablations": None, "activations": None, "heads": None}  # nothing at any k
 
 CIRCUIT = (select(Circuit, Model).join(Model, Model.id == Circuit.model_id)
            .where(Model.slug == bindparam("slug"), Circuit.slug == bindparam("task")))
@@ -56,14 +63,19 @@ LATEST_RUN = select(Run).where(Run.model_id == bindparam("model")).order_by(Run.
 NEWEST_RUN = select(func.max(Run.id))
 
 
-def circuit_page(session: Session, slug: str, task: str, writer_active: bool) -> dict[str, Any]:
+def circuit_page(session: Session, slug: str, task: str, k: str | None = None, *,
+                 writer_active: bool) -> dict[str, Any]:
+    """The circuit at its own k, or at ``k`` (``?k=``), one of those its page offers."""
     row = session.execute(CIRCUIT, {"slug": slug, "task": task}).first()
     if row is None:
         return pending_page(session, find_model(session, slug), task, writer_active)
     circuit, model = row
     params = circuit.params or {}
     found = is_met(circuit)
-    wiring = read_wiring(session, circuit, found)
+    shown = chosen_k(circuit, found, k)
+    wiring, n_edges = wiring_at(session, circuit, found, shown)
+    curve = {at: loss for at, loss in params.get(CircuitKey.CURVE) or []}
+    drawn = graph(model.slug, wiring, params.get(CircuitKey.EXAMPLES) or [])
     faith = faithfulness(params.get(CircuitKey.FAITHFULNESS))
     target = params.get(CircuitKey.TARGET) or {}
     best_loss = target.get("best_loss", circuit.loss)
@@ -71,8 +83,10 @@ def circuit_page(session: Session, slug: str, task: str, writer_active: bool) ->
     full = (faith or {}).get("full") or {}
     null = null_result(params.get(CircuitKey.NULL))
     summary = circuit_summary(model, circuit)
+    urls = {(node["layer"], node["index"]): node["url"] for node in drawn["nodes"]}
     return {
         **summary,
+        **(links(f"{circuit_url(model.slug, circuit.slug)}?k={shown}") if k is not None else {}),
         "n_nodes": circuit.n_nodes if found else 0,  # never a size for a circuit that was not found
         "n_edges": circuit.n_edges if found else 0,
         "status": "found" if found else "not_found",
@@ -84,9 +98,10 @@ def circuit_page(session: Session, slug: str, task: str, writer_active: bool) ->
         "job": None,
         "model": model_ref(model),
         "compare": links(task_url(circuit.slug)),
-        "download": {"url": circuit_graph_url(model.slug, circuit.slug), "media_type": "application/json"},
-        **graph(model.slug, wiring),
-        "curve": [{"k": k, "loss": loss} for k, loss in params.get(CircuitKey.CURVE) or []],
+        "download": {"url": circuit_graph_url(model.slug, circuit.slug) + (f"?k={shown}" if k is not None else ""),
+                     "media_type": "application/json"},
+        **drawn,
+        "curve": [{"k": at, "loss": loss} for at, loss in curve.items()],
         "trace": [{key: step[key] for key in TRACE_KEYS} for step in params.get(CircuitKey.TRACE) or []],
         "faithfulness": faith,
         "evidence": evidence(faith, null, found),
@@ -96,6 +111,8 @@ def circuit_page(session: Session, slug: str, task: str, writer_active: bool) ->
         "calibration": calibration(params.get(CircuitKey.CALIBRATION)),
         "examples": [example(pair) for pair in params.get(CircuitKey.EXAMPLES) or []],
         "config": params.get(CircuitKey.CONFIG) or {},
+        **(instrument(session, model.slug, circuit, shown, n_edges, curve, wiring, urls) if shown is not None
+           else NO_VIEW),
     }
 
 
@@ -126,7 +143,7 @@ def pending_page(session: Session, model: Model, task: str, writer_active: bool)
         "download": {"url": circuit_graph_url(model.slug, task), "media_type": "application/json"},
         "nodes": [], "embeddings": [], "candidates": [], "edges": [], "drawn_edges": 0, "residual": [], "logits": [],
         "curve": [], "trace": [], "faithfulness": None, "evidence": [], "beats_full": None, "null": None,
-        "sweep": None, "calibration": None, "examples": [], "config": {},
+        "sweep": None, "calibration": None, "examples": [], "config": {}, **NO_VIEW,
     }
 
 
@@ -159,20 +176,24 @@ def verdict(found: bool, circuit: Circuit, best_loss: float, best_k: int | None,
     return said
 
 
-def graph(slug: str, wiring: Wiring) -> dict[str, Any]:
-    """Nodes (with briefs), every edge (strongest first) and how many the graph draws, residual links, logit reads."""
+def graph(slug: str, wiring: Wiring, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nodes (with briefs), every edge (strongest first) and how many the graph draws, residual links, logit reads;
+    each node and logit with its id in the circuit-tracer export, which the page's URL state uses."""
     prefixes: dict[str, str] = {}
+    ids, logit_ids = tracer_ids(wiring, examples)
 
     def node(n: Node) -> dict[str, Any]:
         prefix = prefixes.get(n.layer) or prefixes.setdefault(n.layer, layer_url(slug, n.layer))
         url = f"{prefix}/{n.index}"
         return {"model": slug, "layer": n.layer, "index": n.index, "url": url, "json_url": f"{url}.json",
-                "kind": n.kind, "column": n.column, "tau": n.tau, "brief": brief(n)}
+                "kind": n.kind, "column": n.column, "tau": n.tau, "brief": brief(n),
+                "tracer_id": ids[n.layer, n.index], "rank": n.rank}
 
     return {
         "nodes": [node(n) for n in wiring.nodes],
         "embeddings": [node(n) for n in wiring.embeddings],
-        "candidates": [{"token": token, "column": wiring.logit_column} for token in wiring.candidates],
+        "candidates": [{"token": token, "column": wiring.logit_column, "tracer_id": logit_ids[token]}
+                       for token in wiring.candidates],
         "edges": [{"src_layer": src, "src_index": i, "dst_layer": dst, "dst_index": j, "weight": weight}
                   for src, i, dst, j, weight in wiring.edges],
         "drawn_edges": min(len(wiring.edges), MAX_DRAWN_EDGES),

@@ -1,5 +1,7 @@
 """``/models/{model}/{layer}``: one page of a layer's units, as a grid of images of one kind (``?kind=``) for a vision
 model, or as a table of activation statistics for a language model, in the order ``?sort=`` and ``?order=`` ask for.
+Each kind's page has only its own fields (``server.twins.VisionLayerPage``, ``LanguageLayerPage``): a language layer
+has no images, so no image kinds, thumbnails or layer views.
 A vision grid shows each unit's feature visualisation or, with ``?thumbnail=example``, the crop of its top dataset
 example (to check one against the other across a layer), under the layer's own pictures (DeepDream, caricatures).
 
@@ -38,11 +40,13 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
                          "visualisation, the default) or example (its top dataset example)")
     model = find_model(session, slug)
     layer = find_layer(session, model, name)
-    kinds = sorted({THUMB_KIND, *session.scalars(
+    language = model.kind == ModelKind.LANGUAGE
+    kinds = [THUMB_KIND] if language else sorted({THUMB_KIND, *session.scalars(
         select(UnitImage.kind).join(Unit).where(Unit.layer_id == layer.id).distinct())})
     if kind not in kinds:
-        raise NotFound(f"image kind {echo(kind)} not found in layer {layer.name!r}; it has: {', '.join(kinds)}")
-    sorts = LANGUAGE_SORTS if model.kind == ModelKind.LANGUAGE else SORTS
+        raise NotFound(f"image kind {echo(kind)} not found in layer {layer.name!r}; "
+                       + ("a language model's layers have no images" if language else f"it has: {', '.join(kinds)}"))
+    sorts = LANGUAGE_SORTS if language else SORTS
     if sort not in sorts:
         raise NotFound(f"sort {echo(sort)} not found: layer {layer.name!r} sorts by {', '.join(sorts)}")
     if order is not None and order not in ORDERS:
@@ -65,26 +69,19 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
 
     n_rendered = rendered_counts(session, Layer.id, Layer.id == layer.id).get(layer.id, 0)
     found = page_units(session, layer, indices, kind)
-    language = model.kind == ModelKind.LANGUAGE
     crops = top_crops(session, layer, indices) if thumbnail == EXAMPLE and not language else {}
 
     def entry(index: int) -> dict[str, Any]:
         unit, image = found.get(index, (None, None))
         return table_row(unit) if language else grid_cell(unit, image, crops.get(index))
-    return {
+    common = {
         **links(url(number)),
         "model": model_ref(model),
         "untrained": untrained(model),
         "layer": {**layer_ref(model, layer), "n_rendered": n_rendered},
-        "kind": kind,
-        "kinds": [{"kind": k, **links(url(number, k))} for k in kinds],
         "sort": sort,
         "order": order,
         "sorts": [sort_link(by) for by in sorts],
-        "thumbnail": thumbnail,
-        "thumbnails": [] if language else [{"thumbnail": shows, "current": shows == thumbnail,
-                                            **links(url(number, shows=shows))} for shows in THUMBNAILS],
-        "views": None if language else layer_views(session, layer),
         "page": {
             "page": number,
             "per_page": per_page,
@@ -96,6 +93,17 @@ def layer_page(session: Session, slug: str, name: str, page: str, per_page: int,
         },
         "units": [{**unit_ref(model.slug, layer.name, i), **entry(i)} for i in indices],
         "writer_active": writer_active,
+    }
+    if language:
+        return common
+    return {
+        **common,
+        "kind": kind,
+        "kinds": [{"kind": k, **links(url(number, k))} for k in kinds],
+        "thumbnail": thumbnail,
+        "thumbnails": [{"thumbnail": shows, "current": shows == thumbnail, **links(url(number, shows=shows))}
+                       for shows in THUMBNAILS],
+        "views": layer_views(session, layer),
     }
 
 

@@ -1,7 +1,7 @@
-"""``/models/{model}``: the model card, its layers in forward order, its task circuits, the dataset its units' examples
-come from, and every precompute run (provenance). The card says where the weights came from (or that they are
-random: ``untrained``), how images became inputs, a user's model's definition, and its Microscope name; the page's
-template shows each part it has."""
+"""``/models/{model}``: the model card, its layers in forward order, every precompute run (provenance), and a
+language model's task circuits or the dataset a vision model's units' examples come from. The card says where the
+weights came from (or that they are random: ``untrained``), how images became inputs, a user's model's definition, and
+its Microscope name; the page's template shows each part it has."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from server.pages.common import (
     circuit_summary, find_model, layer_ref, model_ref, rendered_counts, run_progress, untrained,
 )
 from server.urls import links, model_url
-from store.keys import DatasetKey
+from store.keys import DatasetKey, ModelKind
 from store.schema import Circuit, Layer, Run
 
 
@@ -23,12 +23,10 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
     rendered = rendered_counts(session, Layer.id, Layer.model_id == model.id)
     runs = session.scalars(select(Run).where(Run.model_id == model.id).order_by(Run.started_at)).all()
     newest = session.scalar(select(func.max(Run.id)))
-    circuits = session.scalars(select(Circuit).where(Circuit.model_id == model.id).order_by(Circuit.slug))
-    return {
+    common = {
         **links(model_url(model.slug)),
         "model": {**model_ref(model), "description": model.description, "source": model.source, "card": model.card},
         "untrained": untrained(model),
-        "dataset": dataset(runs),
         "layers": [{**layer_ref(model, layer), "n_rendered": rendered.get(layer.id, 0)} for layer in model.layers],
         "runs": [
             {
@@ -40,8 +38,11 @@ def model_page(session: Session, slug: str, writer_active: bool) -> dict[str, An
             }
             for run in runs
         ],
-        "circuits": [circuit_summary(model, circuit) for circuit in circuits],
     }
+    if model.kind != ModelKind.LANGUAGE:
+        return {**common, "dataset": dataset(runs)}
+    circuits = session.scalars(select(Circuit).where(Circuit.model_id == model.id).order_by(Circuit.slug))
+    return {**common, "circuits": [circuit_summary(model, circuit) for circuit in circuits]}
 
 
 def dataset(runs: list[Run]) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from server.errors import NotFound
 from server.circuit_wiring import is_met
+from server.pages.circuit_compare import side_by_side
 from server.pages.common import circuit_summary, echo, model_ref
 from server.urls import links, task_url, tasks_url
 from store.keys import CardKey, CircuitKey
@@ -43,13 +44,15 @@ def task_page(session: Session, slug: str, writer_active: bool) -> dict[str, Any
         raise NotFound(f"task {echo(slug)} not found: "
                        + (f"circuits exist for {', '.join(have)}" if have else "this atlas has no circuits yet"))
     rows = [row(circuit, model) for circuit, model in found]
+    pairs = [pair(dense, sparse) for dense in rows if dense["weights"] == "dense"
+             for sparse in rows if sparse["weights"] == "sparse"]
     return {
         **links(task_url(slug)),
         "slug": slug,
         "task": found[0][0].task,
         "circuits": rows,
-        "pairs": [pair(dense, sparse) for dense in rows if dense["weights"] == "dense"
-                  for sparse in rows if sparse["weights"] == "sparse"],
+        "pairs": pairs,
+        "drawings": side_by_side(session, found, pairs),
         "up": links(tasks_url()),
     }
 
