@@ -25,7 +25,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from server.export.site import static_html, static_json, static_url
+from server.export.site import json_links, static_html, static_json, static_url
 from store.keys import ExampleKind
 from tests.conftest import free_port
 from tests.lm_fixture import (  # noqa: F401 (lm_atlas, lm_server: fixtures)
@@ -78,7 +78,7 @@ def crawl(base: str) -> dict[str, httpx.Response]:
             url = todo.pop()
             answer = answers[url] = client.get(url)
             if url.partition("?")[0].endswith(".json"):
-                links = list(twin_links(answer.json()))
+                links = list(json_links(answer.json()))
             elif answer.headers.get("content-type", "").startswith("text/html"):
                 links = [html.unescape(link) for link in LINK.findall(answer.text)]
             else:
@@ -88,18 +88,6 @@ def crawl(base: str) -> dict[str, httpx.Response]:
                     found.add(link)
                     todo.append(link)
     return answers
-
-
-def twin_links(data) -> Iterator[str]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if key in ("url", "json_url") and isinstance(value, str):
-                yield value
-            else:
-                yield from twin_links(value)
-    elif isinstance(data, list):
-        for value in data:
-            yield from twin_links(value)
 
 
 @pytest.fixture(scope="module")
