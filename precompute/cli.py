@@ -340,6 +340,12 @@ def precompute(
                                                       "it."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail if another precompute writes to the atlas, instead "
                                                           "of waiting for it."),
+    blobs: Optional[str] = typer.Option(None, "--blobs", help="Keep the atlas's images in an object store, e.g. "
+                                                              "s3://bucket/prefix (needs atlascope[s3]; endpoint and "
+                                                              "credentials from AWS_ENDPOINT_URL and the usual AWS "
+                                                              "variables). Given when the atlas is made, recorded in "
+                                                              "its index; later runs, serve and verify find it there. "
+                                                              "Default: the atlas directory's blobs/."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Vision: print the plan (units, batches, time at a rate "
                                                           "measured on this machine) and stop; writes nothing."),
 ) -> None:
@@ -407,7 +413,7 @@ def precompute(
             _check_tasks(list(chosen_tasks), spec, circuits)
         request = job.Request(spec, atlas, selection, contexts=ContextsConfig(tokens=tokens, seed=seed),
                               circuits=circuits, tasks=chosen_tasks, device=_device(device),
-                              force=force, wait=not no_wait)
+                              force=force, wait=not no_wait, blobs=blobs)
     else:
         from render.fast_forward import PRECISIONS, bfloat16_refusal
         from render.featvis import OBJECTIVES, RenderConfig, default_lr
@@ -434,7 +440,7 @@ def precompute(
         request = job.Request(spec, atlas, selection, chosen, config, batch_size, dataset=images,
                               caricatures=tuple(Input(name, to_tensor(image[None])[0]) for name, image in inputs),
                               views=ViewConfig(steps=steps, size=spec.preprocess.size, seed=seed),
-                              device=_device(device), force=force, wait=not no_wait)
+                              device=_device(device), force=force, wait=not no_wait, blobs=blobs)
     _run_precompute(request)
 
 

@@ -63,6 +63,7 @@ class Request:
     device: str = "cpu"
     force: bool = False  # redo what exists (e.g. with other settings) and replace it
     wait: bool = True  # wait for another writer of the atlas to finish, rather than refuse
+    blobs: str | None = None  # a URL (s3://bucket/prefix) for a new atlas's blobs; None: where the atlas has them
 
     def config(self) -> dict:
         layers = {layer.name: len(units) for layer, units in self.selection}
@@ -215,7 +216,8 @@ def run(request: Request, on_plan: Callable[[int, int], None] = lambda total, to
     feature visualisations), right after ``on_plan``."""
     keep_freed_memory()
     net = request.spec.load().to(torch.device(request.device))  # bad weights fail here, before anything is written
-    with Atlas.open_for_writing(request.atlas, request.wait, on_wait) as atlas, _stopped_runs(atlas, request.spec):
+    with (Atlas.open_for_writing(request.atlas, request.wait, on_wait, request.blobs) as atlas,
+          _stopped_runs(atlas, request.spec)):
         with atlas.sessions.begin() as session:
             model = _ensure_model(session, request.spec, request.force)
             job = Job(request.spec, atlas, model.id, torch.device(request.device), request.force, _net=net)

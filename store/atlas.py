@@ -1,8 +1,10 @@
-"""One atlas = one directory: ``atlas.db`` (the SQLite index) and ``blobs/`` (content-addressed assets).
+"""One atlas = one directory: ``atlas.db`` (the SQLite index) and ``blobs/`` (content-addressed assets), or the index
+and an object store its ``meta`` table names (``store.blobstore``: ``precompute --blobs s3://bucket/prefix``).
 
 Blobs are immutable and named by the sha256 of their bytes, so a copy of the directory is a complete atlas and the
-server can mount it read-only. A blob is written to ``tmp/`` first and renamed into place, so a killed writer never
-leaves a half-written asset under a real name; index rows go in one transaction per unit of work.
+server can mount it read-only. A blob is written whole or not at all (locally to ``tmp/`` first, then renamed into
+place), so a killed writer never leaves a half-written asset under a real name; index rows go in one transaction per
+unit of work.
 
 One writer at a time (``store.lock``). Before its first write it checks that the directory and index are writable,
 the index is intact and is an atlas's, so a refusal leaves the atlas as it was; then it upgrades an older format in
@@ -12,15 +14,16 @@ place and collects what no row names (a killed run's blobs, replaced assets, tem
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.blobstore import BLOBS_DIR, BLOBS_KEY, Blob, BlobStore, RemoteBlobs, blob_store
 from store.errors import BUSY, DAMAGED, INTERRUPTED, AtlasError, AtlasUnreadable, classify, describe, unwritable
 from store.lock import writer_lock
 from store.schema import FORMAT_VERSION, MIGRATIONS, Asset, Base, Meta, unreferenced_assets
@@ -34,15 +37,18 @@ class Atlas:
         self.root = Path(root)
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self._new_blobs: list[Path] | None = None  # blobs created by the open batch(), removed if it fails
+        self._new_blobs: list[Blob] | None = None  # blobs created by the open batch(), removed if it fails
 
     @property
     def db_path(self) -> Path:
         return self.root / DB_NAME
 
-    @property
-    def blobs_dir(self) -> Path:
-        return self.root / "blobs"
+    @cached_property
+    def blobs(self) -> BlobStore:
+        """Where the blobs are, as the index records it: a URL in its ``meta`` table, else the ``blobs/`` folder."""
+        with self.engine.connect() as conn:
+            url = conn.scalar(select(Meta.value).where(Meta.key == BLOBS_KEY))
+        return blob_store(url, self.root / BLOBS_DIR, self.tmp_dir)
 
     @property
     def tmp_dir(self) -> Path:
@@ -84,20 +90,23 @@ class Atlas:
 
     @classmethod
     @contextmanager
-    def open_for_writing(cls, root: Path | str, wait: bool = True,
-                         on_wait: Callable[[], None] = lambda: None) -> Iterator[Atlas]:
+    def open_for_writing(cls, root: Path | str, wait: bool = True, on_wait: Callable[[], None] = lambda: None,
+                         blobs: str | None = None) -> Iterator[Atlas]:
         """Open (creating if needed) for the precompute job, the only writer, holding the writer lock for the block:
-        waits for another writer (calling ``on_wait``) or, with ``wait=False``, raises AtlasError."""
+        waits for another writer (calling ``on_wait``) or, with ``wait=False``, raises AtlasError. ``blobs``, a URL,
+        puts the blobs of an atlas that has none yet in that object store (``choose_blobs``)."""
         root = Path(root)
         _make_directory(root)
         with writer_lock(root, wait, on_wait):
-            for path in (root, root / DB_NAME, root / "blobs", root / "tmp"):
+            for path in (root, root / DB_NAME, root / BLOBS_DIR, root / "tmp"):
                 if failure := unwritable(path):
                     raise AtlasError(failure.message)
             atlas = cls(root, _writer_engine(root / DB_NAME))
             try:
                 created = atlas._initialise()
-                atlas.blobs_dir.mkdir(exist_ok=True)
+                if blobs is not None:
+                    atlas.choose_blobs(blobs)
+                atlas.blobs.prepare()
                 atlas.tmp_dir.mkdir(exist_ok=True)
                 if not created:  # a new index in a used directory: its files are not ours to delete
                     atlas.collect_garbage()
@@ -125,6 +134,26 @@ class Atlas:
                 raise AtlasError(problem)
         return found is None
 
+    def choose_blobs(self, url: str) -> None:
+        """Keep this atlas's blobs at ``url`` from now on, as its index records: allowed while the atlas holds no
+        asset (a new one, or one with only its models registered); for one that holds some, a ``url`` other than
+        where they are is refused (AtlasError), as its index would name blobs that are not there."""
+        store = RemoteBlobs(url)
+        recorded = self.blobs.location if isinstance(self.blobs, RemoteBlobs) else None
+        if store.location == recorded:
+            return
+        with self.sessions() as session:
+            holds = session.scalar(select(Asset.sha256).limit(1)) is not None
+        if holds:
+            where = f"at {recorded}" if recorded else f"in its {BLOBS_DIR}/ folder"
+            raise AtlasError(f"atlas {self.root} keeps its blobs {where}, as its index records; --blobs {url} names "
+                             f"another place: leave --blobs out{f' or give {recorded}' if recorded else ''}, or "
+                             f"use another --atlas")
+        store.prepare()  # a store that cannot be reached is refused before the index names it
+        with self.sessions.begin() as session:
+            session.merge(Meta(key=BLOBS_KEY, value=store.location))
+        self.blobs = store
+
     def collect_garbage(self) -> None:
         """Remove what no row names: asset rows nothing references (images replaced by --force or re-rendered),
         blob files without an asset row (a run killed between its blobs and its commit) and temporary files. Rows go
@@ -139,13 +168,14 @@ class Atlas:
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
-    def blob_path(self, sha256: str) -> Path:
-        return self.blobs_dir / sha256[:2] / sha256
+    def blob_path(self, sha256: str) -> Blob:
+        """Where the blob ``sha256`` is (a Path for a local atlas), whether it is there or not."""
+        return self.blobs.blob(sha256)
 
-    def blob_files(self) -> list[Path]:
-        return [path for path in self.blobs_dir.glob("*/*") if path.is_file()]
+    def blob_files(self) -> list[Blob]:
+        return self.blobs.blobs()
 
-    def stray_blobs(self, files: list[Path], named: Collection[str]) -> list[Path]:
+    def stray_blobs(self, files: list[Blob], named: Collection[str]) -> list[Blob]:
         """The ``files`` that are not the blob of an asset in ``named`` (no row names them, or not where it would)."""
         return [path for path in files if path.name not in named or path != self.blob_path(path.name)]
 
@@ -162,31 +192,24 @@ class Atlas:
         return None
 
     def put_blob(self, data: bytes) -> str:
-        """Store bytes under their sha256 (atomically) and return the hash. A file already there is kept if it holds
+        """Store bytes under their sha256 (atomically) and return the hash. A blob already there is kept if it holds
         these bytes and replaced if not, so rendering an image again heals its damaged blob."""
         digest = hashlib.sha256(data).hexdigest()
         final = self.blob_path(digest)
-        existed = final.exists()
-        if existed and final.read_bytes() == data:
-            return digest
-        final.parent.mkdir(exist_ok=True)
-        tmp = self.tmp_dir / f"{digest}.{os.getpid()}"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if not existed and self._new_blobs is not None:
+            held = final.read_bytes()
+        except FileNotFoundError:
+            held = None
+        if held == data:
+            return digest
+        self.blobs.write(digest, data)
+        if held is None and self._new_blobs is not None:
             self._new_blobs.append(final)
         return digest
 
     @contextmanager
     def batch(self) -> Iterator[Session]:
-        """A unit of work: its rows commit together, and if it fails (full disk, Ctrl-C) the blob files it created
+        """A unit of work: its rows commit together, and if it fails (full disk, Ctrl-C) the blobs it created
         are removed with its rolled-back rows, so a failed batch leaves neither rows nor orphan blobs."""
         self._new_blobs = []
         try:

@@ -1,9 +1,10 @@
 """`atlascope verify`: is this directory a sound atlas? Read-only and torch-free, so it runs beside a server or a job.
 
 It checks what a copy, a disk or a killed job can break: the index (an atlas of this format, SQLite's integrity and
-foreign-key checks), every indexed asset's blob (there, of the indexed size, hashing to its name), and leftovers (blob
-files no row names, asset rows nothing uses, temporary files). The index is opened with ``mode=ro`` and SQLite's busy
-timeout waits out a writer's commit.
+foreign-key checks), every indexed asset's blob (there, of the indexed size, hashing to its name), and leftovers (blobs
+no row names, asset rows nothing uses, temporary files). Blobs are read where the index says they are: its ``blobs/``
+folder or an object store (``store.blobstore``). The index is opened with ``mode=ro`` and SQLite's busy timeout waits
+out a writer's commit.
 
 While a precompute holds the writer lock, its batch in flight has blobs without rows and --force leaves replaced
 asset rows until it ends: leftovers are the writer's to collect then, so they are not reported. A blob found missing
@@ -38,7 +39,7 @@ class Problem:
 class Report:
     atlas: Path
     assets: int = 0  # asset rows read
-    blobs: int = 0  # blob files found
+    blobs: int = 0  # blobs found
     problems: list[Problem] = field(default_factory=list)
     writer_active: bool = False  # a precompute held the writer lock: leftovers were not checked
 
@@ -69,7 +70,10 @@ def verify_atlas(root: Path) -> Report:
 
 def _verify(atlas: Atlas) -> Report:
     report = Report(atlas.root, writer_active=writer_active(atlas.root))
-    files = atlas.blob_files()
+    try:
+        files = atlas.blob_files()
+    except DatabaseError:  # the index cannot say where its blobs are: the checks below report why
+        files = []
     leftovers = list(atlas.tmp_dir.iterdir()) if atlas.tmp_dir.is_dir() else []
     report.blobs = len(files)
     db = str(atlas.db_path)
