@@ -1,6 +1,6 @@
 """One pass over a token stream that gathers, for every unit of many layers at once, what the unit's page shows: its
-strongest contexts, a few random ones where it is active, its density, mean, extremes and a histogram of its nonzero
-values.
+strongest contexts and its most negative ones, a few random ones where it is active, a few from each quantile band of
+its activation, its density, mean, extremes and a histogram of its nonzero values.
 
 Activations are handled in the house's shape, [batch, units, positions]: a language model's hooks give [batch,
 positions, width] per layer; ``one_pass`` lays the layers side by side into one buffer (the pass's only copy of them)
@@ -12,6 +12,9 @@ and layers there are, and no Python loop ever visits a token or a unit:
   the contexts kept are never copies of one spot; the spans whose maximum beats a unit's worst kept context are the
   only candidates (one ``topk`` over the spans' maxima), and they enter the unit's kept set (``render.kept``), where
   only the entrants' argmax and windows are looked up;
+- bottom contexts: the same, on each span's minimum with the sign flipped (a ``Kept`` of the largest -activation),
+  so only spans whose minimum is below 0 and below a unit's least negative kept one are candidates; a unit never
+  negative keeps none;
 - random contexts: every token has a seeded random key fixed by its offset; the tokens whose key is below ``POOL``
   form a random pool (1/16 of the stream). Each unit ranks the pool's tokens where it is nonzero by the key shifted
   by a random offset of its own (mod 1) and keeps the ``RANDOM`` smallest: a uniform draw without replacement from
@@ -19,6 +22,12 @@ and layers there are, and no Python loop ever visits a token or a unit:
   that could still beat a unit's kept ones are looked at (one arc of the pool sorted by key), so the draw costs a
   few hundred lookups a batch once the pass is under way. A unit nonzero on fewer than about 16 x ``RANDOM`` tokens
   may get fewer; its top contexts then show most of what it does anyway;
+- quantile bands (``BANDS``, as OpenAI's circuit viewer shows them: the top 0.1%, 1%, 10% and 50% of a unit's
+  activations): the band edges are each unit's quantiles over the first ``EDGE_TOKENS`` tokens of the first batch
+  (exact quantiles of the whole stream would need a second pass or every value kept); every band then draws
+  ``PER_BAND`` tokens from the random pool whose activation lies in it, as random contexts are drawn (smallest
+  shifted key first; the shift is the unit's offset plus a half turn, so the bands do not pick the random contexts'
+  tokens), and counts the pool tokens that fell in it, which says what share of the stream each band really holds;
 - density, mean, min, max: one reduction each (the nonzero count comes out of the histogram);
 - histogram of the nonzero values: ``render.histogram``, exact and unclipped.
 
@@ -31,6 +40,7 @@ marked token's document; at an edge it shifts, and it is shorter only where the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,8 +54,14 @@ from render.kept import WINDOW, Examples, Kept  # WINDOW: also the span of which
 
 BEFORE = 24  # tokens before the marked one, where the sequence and the document allow
 TOP = 20
+BOTTOM = 10
 RANDOM = 5
-POOL = 1 / 16  # fraction of tokens random contexts are drawn from
+POOL = 1 / 16  # fraction of tokens random contexts (and band contexts) are drawn from
+# Quantile bands: the top fractions of a unit's activations whose low edges bound them, highest band first; band i
+# holds the activations between the top BANDS[i - 1] (0 for the first) and the top BANDS[i]
+BANDS = (0.001, 0.01, 0.1, 0.5)
+PER_BAND = 3
+EDGE_TOKENS = 4096  # tokens of the first batch the band edges are measured on: 4 quantiles of a unit cost a sort
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,19 @@ class LayerContexts:
     min: torch.Tensor  # [U]
     histogram: Histograms  # of the nonzero values
     top: Examples  # the highest positive activations, one per WINDOW-token span at most, highest first
+    bottom: Examples  # the most negative activations, likewise, lowest first; score: minus the activation
     random: Examples  # uniformly drawn tokens where the unit is nonzero, in stream order
+    bands: tuple[Examples, ...]  # per band of BANDS: uniformly drawn pool tokens in the band, in stream order
+    band_low: torch.Tensor  # [U, len(BANDS)] each band's low edge (band i's high edge is band i - 1's low)
+    band_share: torch.Tensor  # [U, len(BANDS)] float64: fraction of the pool's tokens in each band
+    edge_tokens: int  # tokens the edges were measured on
+    pool_tokens: int  # tokens of the pool the shares count
 
     def __getitem__(self, units: slice) -> LayerContexts:
         return LayerContexts(self.tokens, self.nonzero[units], self.sum[units], self.max[units], self.min[units],
-                             self.histogram[units], self.top[units], self.random[units])
+                             self.histogram[units], self.top[units], self.bottom[units], self.random[units],
+                             tuple(band[units] for band in self.bands), self.band_low[units], self.band_share[units],
+                             self.edge_tokens, self.pool_tokens)
 
 
 class Scratch:
@@ -123,7 +147,13 @@ class ContextStats:
         self.min = torch.full((units,), torch.inf, device=device)
         self.histogram = StreamingHistogram(units, device)
         self.top = Kept(units, top, largest=True, device=device, dtype=torch.float32)
+        self.bottom = Kept(units, BOTTOM, largest=True, device=device, dtype=torch.float32)  # by -activation
         self.random = Kept(units, random, largest=False, device=device, dtype=torch.float64)
+        self.bands = [Kept(units, PER_BAND, largest=False, device=device, dtype=torch.float64) for _ in BANDS]
+        self.band_offsets = torch.remainder(offsets + 0.5, 1.0)  # [U]
+        self.band_low: torch.Tensor | None = None  # [U, len(BANDS)], from the first batch
+        self.edge_tokens = self.pool_tokens = 0
+        self.band_count = torch.zeros(units, len(BANDS), dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(self, acts: torch.Tensor, first: torch.Tensor, keys: torch.Tensor) -> None:
@@ -137,7 +167,10 @@ class ContextStats:
         flat = x.view(-1, units)  # [N, U], row b * T + t
         spans = x.view(batch, length // WINDOW, WINDOW, units)
         span_max = spans.amax(dim=2).view(-1, units)  # [spans, U]; span j is rows j * W ... j * W + W - 1
-        low, high = spans.amin(dim=2).amin(dim=(0, 1)), span_max.amax(dim=0)  # [U] each
+        span_min = spans.amin(dim=2).view(-1, units)  # [spans, U]
+        low, high = span_min.amin(dim=0), span_max.amax(dim=0)  # [U] each
+        if self.band_low is None:
+            self._measure_band_edges(flat)
 
         scratch = lambda name, dtype: self.scratch.get(name, x.shape, dtype, x.device)  # noqa: E731
         nonzero = torch.ne(x, 0, out=scratch("nonzero", torch.float32))  # [B, T, U] 1.0 where nonzero
@@ -146,26 +179,62 @@ class ContextStats:
         self.histogram.add(x, nonzero, scratch("slots", torch.float32), scratch("bins", torch.int32))
         self.tokens += batch * length
         self.sum += x.sum(dim=(0, 1)).double()
+        pooled = torch.nonzero(keys.reshape(-1) < POOL).flatten()  # [P] rows of ``flat`` in the pool
         with one_thread():
             self.max, self.min = torch.maximum(self.max, high), torch.minimum(self.min, low)
-            self._offer_top(flat, span_max, length, first)
-            self._offer_random(flat, keys, length, first)
+            self._offer_extreme(self.top, span_max, 1, flat, length, first)
+            self._offer_extreme(self.bottom, -span_min, -1, flat, length, first)
+            self._offer_random(flat, pooled, keys, length, first)
+            self._offer_bands(flat, pooled, keys, length, first)
 
-    def _offer_top(self, flat: torch.Tensor, span_max: torch.Tensor, length: int, first: torch.Tensor) -> None:
-        """Only spans above a unit's worst kept context (and above 0) can enter: look at as many spans as the unit
-        with the most such spans has."""
-        k = int((span_max > self.top.bar().clamp(min=0)).sum(dim=0).max().clamp(max=self.k_top))
+    def _measure_band_edges(self, flat: torch.Tensor) -> None:
+        """Each band's low edge: per unit, the activation ranked ``ceil(fraction x n)``-th from the top among the
+        first ``EDGE_TOKENS`` rows of ``flat`` [N, U] (n of them)."""
+        sample = flat[:EDGE_TOKENS].T.contiguous()  # [U, n]: kthvalue runs along contiguous rows
+        n = sample.shape[1]
+        self.edge_tokens = n
+        self.band_low = torch.stack([sample.kthvalue(n + 1 - math.ceil(fraction * n), dim=1).values
+                                     for fraction in BANDS], dim=1)  # [U, len(BANDS)]
+
+    def _offer_extreme(self, kept: Kept, span_score: torch.Tensor, sign: int, flat: torch.Tensor, length: int,
+                       first: torch.Tensor) -> None:
+        """Top (``sign`` 1) or bottom (-1) contexts: ``span_score`` [spans, U] is each span's maximum of sign x
+        activation. Only spans above a unit's worst kept context (and above 0) can enter: look at as many spans as
+        the unit with the most such spans has."""
+        k = int((span_score > kept.bar().clamp(min=0)).sum(dim=0).max().clamp(max=kept.k))
         if k:
-            value, span = span_max.T.topk(k, dim=1)  # [U, k]
-            self.top.offer(value, self._offset(span * WINDOW, length, first), span,
-                           lambda units, spans: self._fetch(flat, length, first, units, self._peak(flat, units, spans)))
+            score, span = span_score.T.topk(k, dim=1)  # [U, k]
+            kept.offer(score, self._offset(span * WINDOW, length, first), span,
+                       lambda units, spans: self._fetch(flat, length, first, units,
+                                                        self._peak(flat, units, spans, sign)))
 
-    def _offer_random(self, flat: torch.Tensor, keys: torch.Tensor, length: int, first: torch.Tensor) -> None:
+    def _offer_bands(self, flat: torch.Tensor, pooled: torch.Tensor, keys: torch.Tensor, length: int,
+                     first: torch.Tensor) -> None:
+        """Each band's candidates are the pool's tokens in the band, ranked by (key / POOL + band offset) mod 1: the
+        ``PER_BAND`` smallest of each unit enter its band's kept set. The pool is a sixteenth of the batch, so this
+        looks at [P, U] values, not the batch's [N, U]."""
+        if not len(pooled):
+            return
+        values = flat.index_select(0, pooled)  # [P, U]
+        rank = torch.remainder(keys.reshape(-1)[pooled, None] / POOL + self.band_offsets, 1.0)  # [P, U] float64
+        # a token's band: the first whose low edge it reaches (edges fall with the band), len(BANDS) for none
+        band = len(BANDS) - (values[..., None] >= self.band_low).sum(dim=2)  # [P, U]
+        self.pool_tokens += len(pooled)
+        take = min(PER_BAND, len(pooled))
+        for index, kept in enumerate(self.bands):
+            inside = band == index  # [P, U]
+            self.band_count[:, index] += inside.sum(dim=0)
+            drawn, at = torch.where(inside, rank, torch.inf).T.topk(take, dim=1, largest=False)  # [U, take]
+            rows = pooled[at]
+            kept.offer(drawn, self._offset(rows, length, first), rows,
+                       lambda units, at: self._fetch(flat, length, first, units, at))
+
+    def _offer_random(self, flat: torch.Tensor, pooled: torch.Tensor, keys: torch.Tensor, length: int,
+                      first: torch.Tensor) -> None:
         """A unit's key for a pool token is (key / POOL - its offset) mod 1, so the tokens that could beat its
         worst kept key form one arc of the pool sorted by key: two binary searches per unit find it, and only the
         arcs' tokens are looked at (all of them, in one flat list: a unit still short of contexts looks at the
-        whole pool, one that has them at a token or two)."""
-        pooled = torch.nonzero(keys.reshape(-1) < POOL).flatten()  # [P] rows of ``flat`` in the pool
+        whole pool, one that has them at a token or two). ``pooled`` [P]: the rows of ``flat`` in the pool."""
         if not len(pooled):
             return
         pool_keys, order = torch.sort(keys.reshape(-1)[pooled] / POOL)  # [P] in [0, 1)
@@ -194,11 +263,12 @@ class ContextStats:
         return first[rows // length] + rows % length
 
     @staticmethod
-    def _peak(flat: torch.Tensor, units: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-        """The row of each unit's maximum in its span ([E] each): found only for the contexts that enter, as the
-        argmax of a span is all a top context needs from the whole-batch pass besides its value."""
+    def _peak(flat: torch.Tensor, units: torch.Tensor, spans: torch.Tensor, sign: int) -> torch.Tensor:
+        """The row of each unit's maximum of ``sign`` x activation in its span ([E] each): found only for the
+        contexts that enter, as the argmax of a span is all a top (or bottom) context needs from the whole-batch
+        pass besides its value."""
         rows = spans[:, None] * WINDOW + torch.arange(WINDOW, device=spans.device)  # [E, W]
-        peak = flat.view(-1).take(rows * flat.shape[1] + units[:, None]).argmax(dim=1)  # [E]
+        peak = (flat.view(-1).take(rows * flat.shape[1] + units[:, None]) * sign).argmax(dim=1)  # [E]
         return spans * WINDOW + peak
 
     def _fetch(self, flat: torch.Tensor, length: int, first: torch.Tensor, units: torch.Tensor,
@@ -219,19 +289,31 @@ class ContextStats:
         return flat.view(-1).take(rows * width + units), position, start, (hi - start).clamp_(max=WINDOW), window
 
     def result(self) -> LayerContexts:
-        """Top contexts with a positive activation, highest first; random ones that were drawn, in stream order."""
-        by_position = self.top.position.argsort(dim=1, stable=True)  # so equal activations come in stream order
-        top = self.top.examples(by_position.gather(1, self.top.score.gather(1, by_position).argsort(
-            dim=1, descending=True, stable=True)))
-        top = Examples(top.score, top.value, torch.where(top.score > 0, top.position, -1), top.start, top.length,
-                       top.window)
-        drawn = torch.isfinite(self.random.score)  # an empty slot, or one a zero filled, is not
-        random = self.random.examples(torch.where(drawn, self.random.position, torch.iinfo(torch.int64).max)
-                                      .argsort(dim=1))
-        random = Examples(random.score, random.value, torch.where(torch.isfinite(random.score), random.position, -1),
-                          random.start, random.length, random.window)
+        """Top contexts with a positive activation, highest first, and bottom ones with a negative activation,
+        lowest first; random and band ones that were drawn, in stream order."""
+        share = self.band_count.double() / max(self.pool_tokens, 1)
         return LayerContexts(self.tokens, self.histogram.counts.sum(dim=1), self.sum, self.max, self.min,
-                             self.histogram.result(), top, random)
+                             self.histogram.result(), _ranked(self.top), _ranked(self.bottom), _drawn(self.random),
+                             tuple(_drawn(band) for band in self.bands), self.band_low, share, self.edge_tokens,
+                             self.pool_tokens)
+
+
+def _ranked(kept: Kept) -> Examples:
+    """Extreme contexts by score, highest first (equal ones in stream order); a slot whose score is not above 0 is
+    empty."""
+    by_position = kept.position.argsort(dim=1, stable=True)
+    found = kept.examples(by_position.gather(1, kept.score.gather(1, by_position).argsort(
+        dim=1, descending=True, stable=True)))
+    return Examples(found.score, found.value, torch.where(found.score > 0, found.position, -1), found.start,
+                    found.length, found.window)
+
+
+def _drawn(kept: Kept) -> Examples:
+    """Drawn contexts in stream order; an empty slot (no finite key) is empty."""
+    drawn = torch.isfinite(kept.score)
+    found = kept.examples(torch.where(drawn, kept.position, torch.iinfo(torch.int64).max).argsort(dim=1))
+    return Examples(found.score, found.value, torch.where(torch.isfinite(found.score), found.position, -1),
+                    found.start, found.length, found.window)
 
 
 @torch.no_grad()

@@ -401,13 +401,35 @@ class Context(Twin):
     position: int = Field(description="Index in `tokens` of the marked token.")
     document: str | None = Field(description="The held-out file the window comes from.")
     offset: int | None = Field(description="The window's first token in the held-out sample.")
+    band: int | None = Field(description="A band context's band: its index in `bands`; null for other contexts.")
+
+
+class Band(Twin):
+    """A quantile band of the unit's activation (as OpenAI's circuit viewer shows them): the tokens between the top
+    `above` and the top `within` fractions, and a few contexts drawn at random from them."""
+
+    label: str = Field(description="e.g. `top 0.1%`, `top 1–10%`.")
+    above: float = Field(description="Fraction of tokens above the band (0 for the top band).")
+    within: float = Field(description="Fraction of tokens at or above the band's low edge.")
+    low: float = Field(description="The band's lowest activation: the unit's quantile 1 - `within`, measured on the "
+                                   "first few thousand tokens of the pass.")
+    high: float | None = Field(description="The band's upper edge, excluded (the next band's `low`); null for the top "
+                                           "band, which reaches the unit's max.")
+    share: float = Field(description="The fraction of a random sample of all tokens measured (the random contexts' "
+                                     "pool) that fell in the band: what the edges really hold.")
+    contexts: list[Context] = Field(description="Tokens drawn at random (seeded) from the pool's tokens in the band, "
+                                                "in sample order; empty where none fell in it.")
 
 
 class Contexts(Twin):
     scale: float = Field(description="The largest |activation| of the unit (its max or min, or the contexts' own): "
                                      "pages shade each token by value ÷ scale.")
     top: list[Context] = Field(description="The highest-activating contexts, highest first.")
+    bottom: list[Context] | None = Field(description="The most negative contexts, lowest first: empty for a unit never "
+                                                     "below 0; null in an atlas made before they were measured.")
     random: list[Context] = Field(description="Contexts drawn at random from the tokens where the unit is nonzero.")
+    bands: list[Band] | None = Field(description="Quantile bands, highest first; null in an atlas made before they "
+                                                 "were measured.")
 
 
 class Edge(Twin):

@@ -41,6 +41,11 @@ class Stat(StrEnum):
     # applied to the unit's output direction; only units that write to the residual stream have them.
     LOGIT_EFFECTS = "logit_effects"
     TOP_TOKENS = "top_tokens"  # the tokens its top contexts peak on, commonest first: [str]
+    # Quantile bands of its activation over all tokens, as OpenAI's circuit viewer shows them: {"measured_on": tokens
+    # the edges were measured on (the pass's first batch), "pool": pool tokens the shares count, "bands": [{BandKey:
+    # ...}], highest band first}. Each band's contexts are ``ExampleKind.BAND`` rows whose ``ContextKey.BAND`` is its
+    # index in "bands". Absent from atlases made before bands (and bottom contexts) were measured.
+    BANDS = "bands"
 
 
 class ExampleKind(StrEnum):
@@ -48,7 +53,11 @@ class ExampleKind(StrEnum):
     example's is an image crop (see ``CropKey``)."""
 
     TOP = "top"  # ranked by activation, highest first
+    BOTTOM = "bottom"  # language: the most negative activations, lowest first (none for a unit never below 0)
     RANDOM = "random"  # drawn uniformly from the tokens where the unit is nonzero, in sample order
+    # language: drawn uniformly from the tokens whose activation lies in a quantile band (``Stat.BANDS``), in band
+    # order and within a band in sample order; ``ContextKey.BAND`` says which band
+    BAND = "band"
     # vision: images drawn at random (seeded) from those whose activation lies between the quartiles of the unit's
     # activations over the dataset (``Stat.QUARTILES``), ranked by activation, highest first
     MIDDLE = "middle"
@@ -76,6 +85,19 @@ class ContextKey(StrEnum):
     POSITION = "position"  # index in the window of the token the example is about (the maximum, for top)
     DOCUMENT = "document"  # the held-out file the window comes from
     OFFSET = "offset"  # the window's first token in the held-out sample
+    BAND = "band"  # a band context's band: its index in ``Stat.BANDS``'s "bands"
+
+
+class BandKey(StrEnum):
+    """Keys of one quantile band in ``Stat.BANDS``: the tokens whose activation is in [low, high) (the top band:
+    from low up to the unit's max, included), which the edges put between the top ``above`` and the top ``within``
+    fractions of the unit's activations."""
+
+    ABOVE = "above"  # fraction of tokens above the band: 0 for the top band
+    WITHIN = "within"  # fraction of tokens at or above the band's low edge (0.001 for the top 0.1%)
+    LOW = "low"  # the band's lowest activation: the quantile 1 - within of the tokens the edges were measured on
+    HIGH = "high"  # the next band's low edge; None for the top band
+    SHARE = "share"  # the fraction of the whole pass's random pool that fell in the band (what the edges give)
 
 
 class EdgeKind(StrEnum):

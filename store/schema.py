@@ -171,7 +171,7 @@ class Example(Base):
     __table_args__ = (UniqueConstraint("unit_id", "kind", "rank"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(64))  # "top", "bottom", "random"
+    kind: Mapped[str] = mapped_column(String(64))  # store.keys.ExampleKind: "top", "bottom", "band", ...
     rank: Mapped[int] = mapped_column(Integer)
     activation: Mapped[float] = mapped_column(Float)
     asset_sha256: Mapped[str | None] = mapped_column(ForeignKey("assets.sha256"), default=None)

@@ -6,14 +6,16 @@ its layers are, per block in forward order, ``{0,1}.resid_pre``, ``.attn.act_in`
 ``.attn.v``, ``.attn.out``, ``.resid_mid``, ``.mlp.act_in``, ``.mlp.post_act``, ``.mlp.out``, then ``1.resid_post``.
 Every unit has a row; a few are filled in full:
 
-- ``NEURON`` (an MLP neuron): 20 top contexts stored out of rank order, 5 random ones, a histogram, logit effects,
+- ``NEURON`` (an MLP neuron): 20 top contexts stored out of rank order, ``BOTTOM_VALUES`` most negative ones, 5
+  random ones, two contexts in each of its quantile bands (``BANDS``), a histogram, logit effects,
   and weights from three residual channels and to two. Its top context holds a newline, quotes, ``<``, non-ASCII
   text and a negative activation.
 - ``CHANNEL`` (a residual channel): contexts, logit effects, and more edges than a vision page would list (30 out).
   Its top context (``ODD_TOKENS``) and the tokens it peaks on hold what a byte-level tokenizer's tokens can be: a
   character split across tokens (each stored as its bytes, ``store.tokens``), control and invisible characters, and
   whitespace-only tokens; so do the logit effects every unit shares.
-- ``QUERY`` (an attention query channel): contexts and statistics but no logit effects, as the job writes them.
+- ``QUERY`` (an attention query channel): contexts and statistics but no logit effects, as the job writes them; it is
+  never negative, so its quantile bands (``BANDS``, the second one empty) come without bottom contexts.
 - the other units of ``NEURON``'s layer: density, max and top tokens in an order unlike their index, except
   ``UNMEASURED`` (not measured yet) and ``DEAD`` (measured, never fires: an empty histogram).
 
@@ -50,7 +52,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from store import Atlas
-from store.keys import CIRCUIT_NODE_KINDS, CardKey, CircuitKey, ContextKey, EdgeKind, ExampleKind, LayerKind, Stat
+from store.keys import (CIRCUIT_NODE_KINDS, BandKey, CardKey, CircuitKey, ContextKey, EdgeKind, ExampleKind, LayerKind,
+                        Stat)
 from store.schema import Circuit, CircuitNode, Edge, Example, Layer, Model, Unit
 from tests.conftest import serving
 
@@ -101,6 +104,14 @@ LOGIT_EFFECTS = {
     "suppressed": [{"token": " ", "id": 4, "value": -0.61}, {"token": "\t", "id": 5, "value": -0.3},
                    {"token": "<0xBC>", "id": 121, "value": -0.2}, {"token": "\x13", "id": 208, "value": -0.1}],
 }
+
+
+# Quantile bands as the job stores them (``Stat.BANDS``), and the neuron's most negative activations, lowest first
+BANDS = {"measured_on": 4096, "pool": 16384, "bands": [
+    {BandKey.ABOVE: above, BandKey.WITHIN: within, BandKey.LOW: low, BandKey.HIGH: high, BandKey.SHARE: share}
+    for above, within, low, high, share in ((0.0, 0.001, 3.9, None, 0.0011), (0.001, 0.01, 2.75, 3.9, 0.0094),
+                                            (0.01, 0.1, 0.5, 2.75, 0.087), (0.1, 0.5, 0.0, 0.5, 0.41))]}
+BOTTOM_VALUES = [-0.17, -0.12, -0.05]
 
 
 DENSE_SLUG = "fixture-lm-dense"
@@ -291,6 +302,19 @@ def examples(rng: random.Random, unit: Unit, n_top: int, n_random: int, first: d
     return rows
 
 
+def negative_side(rng: random.Random, unit: Unit, bands: dict, bottom: list[float], skip: int = -1) -> list[Example]:
+    """Bottom contexts at ``bottom`` and two contexts inside each band of ``bands`` but band ``skip``, as the job
+    stores them (band rows ranked on across bands, each naming its band)."""
+    rows = [Example(unit_id=unit.id, kind=ExampleKind.BOTTOM, rank=rank, activation=low,
+                    source=window(rng, low, f"lib/b{rank}.py", 9000 + 64 * rank)) for rank, low in enumerate(bottom)]
+    inside = [(index, round(band[BandKey.LOW] + 0.01 * (1 + i), 3)) for index, band in enumerate(bands["bands"])
+              if index != skip for i in range(2)]
+    rows += [Example(unit_id=unit.id, kind=ExampleKind.BAND, rank=rank, activation=value,
+                     source={**window(rng, value, f"lib/q{rank}.py", 12000 + 64 * rank), ContextKey.BAND: band})
+             for rank, (band, value) in enumerate(inside)]
+    return rows
+
+
 def stats(density: float, top: float, top_tokens: list[str], effects: bool) -> dict:
     full = {Stat.DENSITY: density, Stat.MEAN: round(density * top / 4, 4), Stat.MAX: top, Stat.MIN: -0.17,
             Stat.N: 262144, Stat.MEASURE: "activation at every token of 262,144 held-out tokens",
@@ -346,12 +370,14 @@ def build(root: Path) -> Path:
         for index in range(D_MLP):
             if (f"0.{LayerKind.MLP}", index) != UNMEASURED:
                 units[f"0.{LayerKind.MLP}", index].stats = layer_stats(index)
-        units[NEURON].stats = stats(0.12, TOP_MAX, [" <", "\n", "né"], effects=True)
+        units[NEURON].stats = {**stats(0.12, TOP_MAX, [" <", "\n", "né"], effects=True), Stat.BANDS: BANDS}
         units[CHANNEL].stats = stats(0.6, TOP_MAX, ODD_TOP_TOKENS, effects=True)
-        units[QUERY].stats = stats(0.25, TOP_MAX, [":"], effects=False)
+        units[QUERY].stats = {**stats(0.25, TOP_MAX, [":"], effects=False), Stat.MIN: 0.0, Stat.BANDS: BANDS}
         session.add_all(examples(rng, units[NEURON], 20, 5, first=known_window()))
         session.add_all(examples(rng, units[CHANNEL], 20, 5, first=odd_window()))
         session.add_all(examples(rng, units[QUERY], 3, 2))
+        session.add_all(negative_side(rng, units[NEURON], BANDS, BOTTOM_VALUES))
+        session.add_all(negative_side(rng, units[QUERY], BANDS, [], skip=1))
 
         def edge(src: tuple[str, int], dst: tuple[str, int], weight: float) -> Edge:
             return Edge(src_unit_id=units[src].id, dst_unit_id=units[dst].id, kind=EdgeKind.WEIGHT, weight=weight)

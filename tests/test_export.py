@@ -182,7 +182,13 @@ def test_parquet_holds_every_unit_with_its_statistics(lm_tables: Path, lm_server
     top = sorted((c for c in contexts if c["kind"] == ExampleKind.TOP), key=lambda c: c["rank"])
     assert [c["tokens"] for c in top] == [c["tokens"] for c in twin["contexts"]["top"]]
     assert top[0]["tokens"] == KNOWN_TOKENS and top[0]["values"] == twin["contexts"]["top"][0]["values"]
-    assert len(contexts) == len(twin["contexts"]["top"]) + len(twin["contexts"]["random"])
+    shown = twin["contexts"]
+    assert len(contexts) == len(shown["top"]) + len(shown["bottom"]) + len(shown["random"]) + sum(
+        len(band["contexts"]) for band in shown["bands"])
+    banded = sorted((c["band"], c["tokens"]) for c in contexts if c["kind"] == ExampleKind.BAND)
+    assert banded and banded == sorted((i, c["tokens"]) for i, band in enumerate(shown["bands"])
+                                       for c in band["contexts"])
+    assert all(c["band"] is None for c in contexts if c["kind"] != ExampleKind.BAND)
     assert rows(lm_tables, "examples") == []  # a language model's windows are contexts
 
 

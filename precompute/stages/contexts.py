@@ -1,8 +1,9 @@
 """Language stage ``contexts``: for every unit of the chosen layers, in one pass of the model over the held-out token
-sample (``render.contexts``), its activation statistics and histogram (``units.stats``), its top contexts and a few
-random ones (``examples``). Counted in units.
+sample (``render.contexts``), its activation statistics, histogram and quantile bands (``units.stats``), its top and
+bottom contexts, a few random ones and a few from each band (``examples``). Counted in units.
 
-A layer is pending while any of its units lacks ``Stat.DENSITY`` (all of them with --force); the pending layers share
+A layer is pending while any of its units lacks ``Stat.BANDS`` (all of them with --force), the last thing the stage
+learnt to write, so an atlas made before bottom contexts and bands gains them on its next run; the pending layers share
 one pass, and each layer is saved in its own transaction as soon as the pass is over. The pass is deterministic (the
 random draws are seeded per layer), so an interrupted run's next run writes what an uninterrupted one would have.
 """
@@ -23,8 +24,8 @@ from sqlalchemy.orm import Session
 from precompute.registry import LayerSpec
 from precompute.stages import Job, Plan
 from precompute.stages.tokens import token_texts_for
-from render.contexts import WINDOW, Examples, LayerContexts, one_pass, unit_offsets
-from store.keys import ContextKey, ExampleKind, Stat
+from render.contexts import BANDS, WINDOW, Examples, LayerContexts, one_pass, unit_offsets
+from store.keys import BandKey, ContextKey, ExampleKind, Stat
 from store.schema import Example, Layer, Unit
 
 CONTEXT = 128  # tokens the model reads together in the pass (its block size, if shorter): Neuronpedia's length
@@ -74,7 +75,7 @@ class ContextsStage:
     def plan(self, session: Session) -> Plan:
         measured = dict(session.execute(
             select(Layer.name, func.count(Unit.id)).join(Unit)
-            .where(Layer.model_id == self.job.model_id, func.json_extract(Unit.stats, f"$.{Stat.DENSITY}").is_not(None))
+            .where(Layer.model_id == self.job.model_id, func.json_extract(Unit.stats, f"$.{Stat.BANDS}").is_not(None))
             .group_by(Layer.name)).all())
         pending = [LayerWork(layer) for layer in self.layers
                    if self.job.force or measured.get(layer.name, 0) < layer.units]
@@ -104,9 +105,11 @@ class ContextsStage:
     def save(self, session: Session, item: LayerWork, found: LayerContexts) -> int:
         unit_ids = self.job.unit_ids(session, item.layer.name)
         stats = dict(session.execute(select(Unit.id, Unit.stats).where(Unit.id.in_(unit_ids.values()))).all())
-        top, random = self._windows(found.top), self._windows(found.random)
+        top, bottom, random = self._windows(found.top), self._windows(found.bottom), self._windows(found.random)
+        bands = [self._windows(band) for band in found.bands]
         nonzero, total = found.nonzero.tolist(), found.sum.tolist()
         highest, lowest = found.max.tolist(), found.min.tolist()
+        band_low, band_share = found.band_low.tolist(), found.band_share.tolist()
         n = found.tokens
         examples, units = [], []
         for index, unit_id in unit_ids.items():
@@ -120,13 +123,18 @@ class ContextsStage:
                               f"{self.sample.context} at a time",
                 Stat.HISTOGRAM: {"edges": histogram_edges, "counts": counts, "clipped": 0},
                 Stat.TOP_TOKENS: [text for text, _ in Counter(peaks).most_common(TOP_TOKENS)],
+                Stat.BANDS: {"measured_on": found.edge_tokens, "pool": found.pool_tokens,
+                             "bands": _bands(band_low[index], band_share[index])},
             }})
-            for kind, windows in ((ExampleKind.TOP, top[index]), (ExampleKind.RANDOM, random[index])):
+            in_bands = [{**window, ContextKey.BAND: band} for band, windows in enumerate(bands)
+                        for window in windows[index]]
+            for kind, windows in ((ExampleKind.TOP, top[index]), (ExampleKind.BOTTOM, bottom[index]),
+                                  (ExampleKind.RANDOM, random[index]), (ExampleKind.BAND, in_bands)):
                 examples += [{"unit_id": unit_id, "kind": kind, "rank": rank,
                               "activation": window[ContextKey.VALUES][window[ContextKey.POSITION]], "source": window}
                              for rank, window in enumerate(windows)]
-        session.execute(delete(Example).where(Example.unit_id.in_(unit_ids.values()),
-                                              Example.kind.in_([ExampleKind.TOP, ExampleKind.RANDOM])))
+        session.execute(delete(Example).where(Example.unit_id.in_(unit_ids.values()), Example.kind.in_(
+            [ExampleKind.TOP, ExampleKind.BOTTOM, ExampleKind.RANDOM, ExampleKind.BAND])))
         if examples:
             session.execute(insert(Example), examples)
         session.execute(update(Unit), units)
@@ -143,6 +151,13 @@ class ContextsStage:
                   ContextKey.OFFSET: start}
                  for position, start, length, shown, doc in zip(*unit) if position >= 0]
                 for unit in zip(positions, starts, lengths, values, document.tolist())]
+
+
+def _bands(low: list[float], share: list[float]) -> list[dict[str, Any]]:
+    """One unit's ``Stat.BANDS`` bands from its edges and shares ([len(BANDS)] each), highest first."""
+    return [{BandKey.ABOVE: above, BandKey.WITHIN: within, BandKey.LOW: low[band],
+             BandKey.HIGH: low[band - 1] if band else None, BandKey.SHARE: share[band]}
+            for band, (above, within) in enumerate(zip((0.0, *BANDS), BANDS))]
 
 
 def layer_seed(seed: int, layer: str) -> int:

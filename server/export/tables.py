@@ -47,7 +47,7 @@ SCHEMAS = {
         ("promoted", pa.list_(TOKEN_EFFECT)), ("suppressed", pa.list_(TOKEN_EFFECT))]),
     "contexts": pa.schema([*WHERE, ("kind", STRING), ("rank", INT), ("activation", FLOAT),
                            ("tokens", pa.list_(STRING)), ("values", pa.list_(FLOAT)), ("position", INT),
-                           ("document", STRING), ("offset", INT)]),
+                           ("document", STRING), ("offset", INT), ("band", INT)]),
     "examples": pa.schema([*WHERE, ("kind", STRING), ("rank", INT), ("activation", FLOAT), ("image", STRING),
                            ("dataset", STRING), ("item", STRING), ("cell", pa.list_(INT)), ("grid", pa.list_(INT)),
                            ("box", pa.list_(INT))]),
