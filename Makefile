@@ -25,7 +25,7 @@ browser:
 	  echo "chromium not installed: browser tests will be skipped"
 
 test: install browser
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20  # a worker a core; a module's tests together
 
 bench: install
 	$(BIN)/python bench/featvis_batching.py

@@ -10,15 +10,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
+from filelock import FileLock
 
 ATLASCOPE = [sys.executable, "-m", "precompute.cli"]
+if "PYTEST_XDIST_WORKER" in os.environ:  # `make test`'s workers, one a core: torch in each (and in the precomputes
+    os.environ["OMP_NUM_THREADS"] = "1"  # they start) takes one thread, since threads spinning for a core another
+    # worker holds slowed a short precompute tenfold
 
 
 def write_class_folders(root: Path, per_class: int) -> Path:
@@ -59,12 +63,34 @@ def atlascope(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*ATLASCOPE, *args], capture_output=True, text=True, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def atlas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    atlas = tmp_path_factory.mktemp("atlas")
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``build(path)`` fills, made once per test run: under pytest-xdist (``make test`` runs two
+    workers) by whichever worker asks first while the others wait, in the base directory all workers share, so an
+    expensive session fixture costs one build, not one a worker."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    shared = tmp_path_factory.getbasetemp().parent
+    path, built = shared / name, shared / f"{name}.built"
+    with FileLock(shared / f"{name}.lock"):
+        if not built.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(path)
+            built.touch()
+    return path
+
+
+def precompute_short(atlas: Path) -> None:
     done = atlascope("precompute", "tinyvision", "--atlas", str(atlas), *SHORT_PRECOMPUTE)
     assert done.returncode == 0, done.stderr
-    return atlas
+
+
+@pytest.fixture(scope="session")
+def atlas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TinyVision's short precompute: read-only for every test (a test that changes an atlas copies this one)."""
+    return built_once(tmp_path_factory, "atlas", precompute_short)
 
 
 def free_port() -> int:

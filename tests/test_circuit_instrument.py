@@ -223,9 +223,14 @@ def open_graph(page, url: str) -> None:
 
 
 def click_node(page, tracer_id: str, modifiers: list[str] | None = None) -> None:
+    """Click a node as a reader would: with the graph scrolled into view first (cytoscape learns where its container
+    moved on the scroll event, so a click in the same instant as the scroll lands where the node was)."""
+    graph = page.locator("#circuit-graph")
+    graph.scroll_into_view_if_needed()
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     at = page.evaluate("""(tracer) => window.circuitGraph.nodes().filter(n => n.data('tracer') === tracer)[0]
         .renderedPosition()""", tracer_id)
-    page.locator("#circuit-graph").click(position={"x": at["x"], "y": at["y"]}, modifiers=modifiers or [])
+    graph.click(position={"x": at["x"], "y": at["y"]}, modifiers=modifiers or [])
 
 
 def view_of(page) -> dict:
