@@ -23,7 +23,7 @@ from precompute.lm.openai_checkpoint import CheckpointError
 from precompute import search_index
 from precompute.plan import PlanError, parse_units, select
 from precompute.registry import DEFAULT_MODEL, OPENAI_CSP, REGISTRY, WeightsError, get_model
-from server.export import command as export_command
+from precompute import export_command
 from store.keys import CardKey, ModelKind
 
 # Help is printed as written (rich_markup_mode=None): rich markup would take "[input]" in a help text for a tag
@@ -581,7 +581,8 @@ def serve(
 # `atlascope index --atlas DIR`: the search index for an atlas made before search existed (torch-free; every
 # precompute also indexes what it wrote, as its last stage)
 app.command("index")(search_index.main)
-# `atlascope export static|parquet DIR`: the atlas as a static site or as Parquet tables (torch-free; server/export/)
+# `atlascope export static|parquet DIR`: the atlas as a static site or as Parquet tables (torch-free: the command in
+# precompute/export_command.py, what it writes in server/export/)
 app.command("export")(export_command.main)
 
 # The demo's models in the order they are filled: the language organisms first (a few minutes each, with their quote
