@@ -78,12 +78,18 @@ def task_progress(model: SparseGPT, tokenizer, pairs: int) -> str:
     return "  ".join(parts)
 
 
+def read_card(card: Path) -> tuple[dict, dict, dict]:
+    """A model card, and the config and state dict of the weights it names (beside it)."""
+    described = json.loads(card.read_text())
+    config, state = compact.load(card.parent / described[CardKey.WEIGHTS]["file"])
+    return described, config, state
+
+
 def reference_loss(card: Path, tokens: np.ndarray) -> float:
     """The loss of the model ``card`` describes on ``tokens``, the very held-out tokens each check scores, so the
     dense twin stops where it matches the sparse model on one sample (a card's loss is on the whole sample: compared
     with a check's first 32k tokens, it let the last twin train on to 0.07 nats below the sparse model's loss)."""
-    described = json.loads(card.read_text())
-    config, state = compact.load(card.parent / described["weights"]["file"])
+    described, config, state = read_card(card)
     model = SparseGPT(GPTConfig.from_dict(config))
     model.load_state_dict(state)
     loss = heldout_loss(model.eval(), tokens, model.config.block_size, 64)
@@ -96,8 +102,7 @@ def start_from(model: SparseGPT, card: Path, kind: str, target: float) -> dict:
     """Load the weights ``card`` describes into ``model`` for a second training phase; the record the new card keeps
     of them (their hash and the training that made them). The card must be of this architecture and, for a sparse
     phase, already at ``target``, since the phase holds the weights there from its first step."""
-    described = json.loads(card.read_text())
-    config, state = compact.load(card.parent / described[CardKey.WEIGHTS]["file"])
+    described, config, state = read_card(card)
     if config != model.config.to_dict():
         raise typer.BadParameter(f"{card} describes another architecture than this script trains",
                                  param_hint="--init-from")
